@@ -1,0 +1,84 @@
+"""ANIL's inner and outer loop, in the paper's notation (DESIGN §1).
+
+Task T_i has a support set S_i and a query set Q_i. The body f_θ maps images to features; the
+head w = (W, b) maps features to logits W f_θ(x) + b. Only the head adapts in the inner loop:
+
+    w_i^(0) = w,    w_i^(s+1) = w_i^(s) − α ∇_w L(S_i; θ, w_i^(s)),    s = 0..S−1
+
+and the outer loop minimises the mean query loss of the adapted heads over a meta-batch:
+
+    (θ, w) ← (θ, w) − β ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(S)(θ, w))
+
+The head is applied with ``torch.func.functional_call`` and differentiated with
+``torch.func.grad``; because the inner gradients are ordinary differentiable tensors, the outer
+``backward()`` flows through every adaptation step (second order). First-order ANIL detaches
+each inner gradient (a stop-gradient), which drops the Hessian terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad
+
+Params = dict[str, torch.Tensor]
+
+
+def head_loss(head: nn.Module, params: Params, features: torch.Tensor, labels: torch.Tensor):
+    """L(S; θ, w) = (1/n) Σ_j −log softmax(W z_j + b)[y_j], with z_j = f_θ(x_j) given."""
+    logits = functional_call(head, params, (features,))
+    return F.cross_entropy(logits, labels)
+
+
+def adapt_head(head: nn.Module, params: Params, features: torch.Tensor, labels: torch.Tensor,
+               step_size: float, steps: int, first_order: bool = False) -> Params:
+    """S steps of w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)) on support features and labels.
+
+    Second order (default): the result stays a differentiable function of (θ, w), so the
+    meta-gradient includes ∂w^(S)/∂w and ∂w^(S)/∂θ. ``first_order=True`` treats each ∇_w L as a
+    constant, so ∂w^(S)/∂w = I and the features' influence through the inner loop is dropped.
+    """
+    grad_fn = grad(lambda p: head_loss(head, p, features, labels))
+    for _ in range(steps):
+        grads = grad_fn(params)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        params = {k: params[k] - step_size * grads[k] for k in params}
+    return params
+
+
+def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              step_size: float, steps: int, first_order: bool = False):
+    """L(Q_i; θ, w_i^(S)) for one task, and the query accuracy of the adapted head.
+
+    ``images`` hold support and query interleaved (support at even positions, DESIGN §2). The
+    body runs once on all of them, so batch norm sees the statistics of the whole task.
+    """
+    features = body(images)
+    adapted = adapt_head(head, dict(head.named_parameters()), features[0::2], labels[0::2],
+                         step_size, steps, first_order)
+    logits = functional_call(head, adapted, (features[1::2],))
+    query_labels = labels[1::2]
+    accuracy = (logits.argmax(1) == query_labels).float().mean()
+    return F.cross_entropy(logits, query_labels), accuracy
+
+
+def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              step_size: float, steps: int, first_order: bool = False):
+    """(1/B) Σ_i L(Q_i; θ, w_i^(S)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
+
+    Returns the mean query loss (differentiable w.r.t. body and head) and mean query accuracy.
+    """
+    losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order)
+                               for x, y in zip(images, labels)))
+    return torch.stack(losses).mean(), torch.stack(accuracies).mean()
+
+
+def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False):
+    """One outer step: Adam (or any optimizer over body and head) on the mean query loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), accuracy.item()

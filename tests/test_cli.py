@@ -1,0 +1,57 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_run_writes_summary_and_weights(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--data-root", str(glyph_root), "--iterations", "3", "--meta-batch", "2",
+                  "--eval-tasks", "6", "--val-tasks", "4", "--val-every", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout and "untrained network" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["config"]["ways"] == 5
+    assert [row["iteration"] for row in summary["history"]] == [1, 2, 3]
+    assert "val_accuracy" in summary["history"][1] and "val_accuracy" in summary["history"][2]
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert set(weights) >= {"body", "head", "config"}
+    assert weights["head"]["weight"].shape == (5, 64)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shots", "-1"], "--shots: must be a positive integer"),
+    (["--ways", "0"], "--ways: must be a positive integer"),
+    (["--dataset", "imagenet-22k"], "invalid choice: 'imagenet-22k'"),
+    (["--inner-lr", "nan"], "--inner-lr: must be a positive number"),
+    (["--iterations", "many"], "--iterations: invalid positive_int|--iterations: invalid non_negative_int"),
+])
+def test_bad_values_are_rejected_with_one_line(args, message, tmp_path):
+    r = run_train(*args, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert any(m in last for m in message.split("|")), last
+
+
+def test_more_ways_than_classes_is_explained(glyph_root, tmp_path):
+    r = run_train("--data-root", str(glyph_root), "--ways", "200", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: 200-way tasks need 200 classes but glyphs/val has only 100; use --ways 100 or fewer"]
+
+
+def test_more_shots_than_images_is_explained(glyph_root, tmp_path):
+    r = run_train("--data-root", str(glyph_root), "--shots", "11", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "2x11=22 images per class" in r.stderr and "--shots 10" in r.stderr
