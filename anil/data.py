@@ -93,7 +93,9 @@ def write_prepared(root: str | Path, name: str, splits: dict, extra_meta: dict |
                 raise DatasetError(f"{name}/{split}: images must be [n, H, W, C], got {images.shape}")
             order = np.argsort(labels, kind="stable")  # class blocks contiguous, order kept within
             labels = np.asarray(labels, dtype=np.int32)[order]
-            ClassSplit.from_labels(images[:0], labels[:0], class_names)  # cheap shape check
+            if len(labels) != len(images) or (len(labels) and not 0 <= labels[0] <= labels[-1] < len(class_names)):
+                raise DatasetError(f"{name}/{split}: {len(images)} images, {len(labels)} labels, "
+                                   f"labels must lie in [0, {len(class_names)})")
             np.save(tmp / f"{split}_images.npy", images[order])
             np.save(tmp / f"{split}_labels.npy", labels)
             meta["splits"][split] = {

@@ -71,3 +71,12 @@ def test_old_format_is_refused(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="format version"):
         load_split(path, "train")
+
+
+def test_inconsistent_input_is_refused_before_anything_is_written(tmp_path):
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    with pytest.raises(DatasetError, match="labels must lie in"):
+        write_prepared(tmp_path, "bad", {"train": (images, [0, 1, 2, 3], ["a", "b"])})
+    with pytest.raises(DatasetError, match="4 images, 3 labels"):
+        write_prepared(tmp_path, "bad", {"train": (images, [0, 1, 1], ["a", "b"])})
+    assert list(tmp_path.iterdir()) == []
