@@ -217,6 +217,8 @@ def safe_load_pickle(path: str | Path, what_to_do: str) -> object:
             raise PrepError(f"{path} is not a plain data pickle ({e}, which is neither a container nor "
                             f"a numpy array); refusing to load it, since a pickle can run code; "
                             f"{what_to_do}") from None
+        if "truncated" in str(e):
+            raise PrepError(f"{path} ends early (truncated); delete it and {what_to_do}") from None
         raise PrepError(f"{path} is not a readable pickle ({e}): it is corrupt; delete it and "
                         f"{what_to_do}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,

@@ -93,8 +93,8 @@ def find_pickles(folder: Path) -> dict[str, Path]:
     for split, names in FILES.items():
         found = [folder / n for n in names if (folder / n).is_file()]
         if not found:
-            raise PrepError(f"{folder / names[0]} not found (nor {' or '.join(names[1:]) or 'elsewhere'}); "
-                            f"{HOW_TO_GET}")
+            also = f" (nor {' or '.join(names[1:])})" if len(names) > 1 else ""
+            raise PrepError(f"{folder / names[0]} not found{also}; {HOW_TO_GET}")
         out[split] = found[0]
     return out
 
