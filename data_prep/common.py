@@ -269,11 +269,11 @@ def run_cli(main, argv=None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. --root is a file, no permission, disk full
+        print(f"error: {e.strerror or e}: {e.filename or ''}; check the path, its permissions and the "
+              f"free space (nothing half-written was kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no prepared dataset was written (run the command again)", file=sys.stderr)
         return 130
     return 0
-
-
-def progress(message: str) -> None:
-    print(message, flush=True)

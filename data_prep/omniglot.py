@@ -128,7 +128,8 @@ def vinyals_split(names: list[str], archive_of: dict[str, str]) -> dict[str, lis
     out = {"train": [], "val": [], "test": []}
     for name in sorted(names):
         alphabet, character = name.split("/")
-        number = int(character.removeprefix("character"))
+        number = character.removeprefix("character")
+        number = int(number) if number.isdigit() else -1
         split = next((s for lo, hi, s, _ in rules[alphabet] if lo <= number <= hi), None)
         if split is None:
             raise PrepError(f"character {name} is outside the ranges the Vinyals split list gives for "

@@ -95,3 +95,11 @@ def test_md5_and_checksum_errors(tmp_path):
     common.verify_md5(f, "900150983cd24fb0d6963f7d28e17f72", "unused")
     with pytest.raises(common.PrepError, match=r"f.bin has md5 9001.*expected 0{32}.*; get it again"):
         common.verify_md5(f, "0" * 32, "get it again")
+
+
+def test_an_unwritable_root_is_one_line(tmp_path, capsys):
+    from data_prep import mini_imagenet
+    (tmp_path / "file").write_text("not a folder")
+    code = common.run_cli(mini_imagenet.main, ["--root", str(tmp_path / "file"), "--source", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "check the path" in err[0]
