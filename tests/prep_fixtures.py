@@ -49,6 +49,38 @@ def cifar_pixel(fine, file_id, index):
     return image
 
 
+def py2_pickle(value) -> bytes:
+    """Pickle ``value`` the way Python 2 with numpy 1 wrote CIFAR-100 (protocol 2): strings are
+    Python 2 ``str`` (BINSTRING, bytes that Python 3 must decode), arrays are
+    ``numpy.core.multiarray._reconstruct`` with their raw bytes as such a string."""
+    import struct
+
+    def string(text):
+        raw = text if isinstance(text, bytes) else text.encode("latin1")
+        return b"T" + struct.pack("<I", len(raw)) + raw  # BINSTRING
+
+    def encode(v):
+        if isinstance(v, dict):
+            return b"}(" + b"".join(encode(k) + encode(x) for k, x in v.items()) + b"u"
+        if isinstance(v, list):
+            return b"](" + b"".join(encode(x) for x in v) + b"e"
+        if isinstance(v, (str, bytes)):
+            return string(v)
+        if isinstance(v, (int, np.integer)):
+            return b"J" + struct.pack("<i", int(v))  # BININT
+        if isinstance(v, np.ndarray):
+            assert v.dtype == np.uint8
+            shape = b"(" + b"".join(encode(int(n)) for n in v.shape) + b"t"
+            dtype = (b"cnumpy\ndtype\n(" + string("u1") + b"K\x00K\x01tR"
+                     + b"(K\x03" + string("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+            return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85"
+                    + string("b") + b"\x87R" + b"(K\x01" + shape + dtype + b"\x89"
+                    + string(v.tobytes()) + b"tb")
+        raise TypeError(type(v))
+
+    return b"\x80\x02" + encode(value) + b"."
+
+
 def _cifar_file(fine_labels, file_id):
     """A CIFAR-100 python 'train'/'test' dict: data rows are 3 planes (R, G, B), each row-major."""
     rows = np.empty((len(fine_labels), 3072), np.uint8)
@@ -57,9 +89,9 @@ def _cifar_file(fine_labels, file_id):
         for c in range(3):  # written plane by plane, pixel by pixel: the documented layout
             for y in range(32):
                 rows[i, c * 1024 + y * 32: c * 1024 + y * 32 + 32] = image[y, :, c]
-    return {b"batch_label": b"training batch 1 of 1", b"filenames": [b"x.png"] * len(rows),
-            b"fine_labels": list(fine_labels), b"coarse_labels": [COARSE_OF[f] for f in fine_labels],
-            b"data": rows}
+    return {"batch_label": "training batch 1 of 1", "filenames": ["x.png"] * len(rows),
+            "fine_labels": list(fine_labels), "coarse_labels": [COARSE_OF[f] for f in fine_labels],
+            "data": rows}
 
 
 def make_cifar100(path: Path, train_per_class=8, test_per_class=2, fine_names=FINE) -> Path:
@@ -76,7 +108,7 @@ def make_cifar100(path: Path, train_per_class=8, test_per_class=2, fine_names=FI
         folder.type = tarfile.DIRTYPE
         tf.addfile(folder)
         for name, content in files.items():
-            data = pickle.dumps(content, protocol=2)
+            data = py2_pickle(content)  # the real files were written by Python 2
             info = tarfile.TarInfo(f"cifar-100-python/{name}")
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
