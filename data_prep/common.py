@@ -108,9 +108,13 @@ def open_zip(archive: str | Path) -> zipfile.ZipFile:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise PrepError(f"{archive} is not a readable zip archive ({e}): it is truncated or corrupt; "
                         f"delete it and download it again") from None
-    for info in zf.infolist():
-        mode = info.external_attr >> 16
-        _check_member(archive, info.filename, is_link=(mode & 0o170000) == 0o120000)
+    try:
+        for info in zf.infolist():
+            mode = info.external_attr >> 16
+            _check_member(archive, info.filename, is_link=(mode & 0o170000) == 0o120000)
+    except PrepError:
+        zf.close()
+        raise
     return zf
 
 
