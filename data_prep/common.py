@@ -192,7 +192,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def looks_like_html(head: bytes) -> bool:
-    text = head.lstrip().lower()
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()  # a UTF-8 byte-order mark, then spaces
     return text.startswith((b"<!doctype html", b"<html", b"<head", b"<!--", b"<?xml", b"<body"))
 
 

@@ -161,3 +161,12 @@ def test_incomplete_character_is_refused(small, monkeypatch):
     monkeypatch.setitem(omniglot.MD5, ev.name, common.md5sum(ev))
     with pytest.raises(common.PrepError, match=r"has 3 drawings but others have 4"):
         omniglot.prepare(root, root / "raw")
+
+
+def test_download_fetches_both_zips(small, monkeypatch):
+    root, _ = small
+    monkeypatch.setattr(omniglot, "URL", (root / "raw").as_uri() + "/")
+    path = omniglot.prepare(root / "data", fetch=True)
+    for name in omniglot.ARCHIVES:
+        assert (root / "data" / "raw" / name).read_bytes() == (root / "raw" / name).read_bytes()
+    assert load_split(path, "test").num_classes == 4
