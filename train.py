@@ -121,8 +121,10 @@ def main(argv=None):
     except (DatasetError, SamplerError) as e:
         fail(str(e))
     channels, height, width = splits["train"].image_shape
-    if height != width:
-        fail(f"{path}: images are {height}x{width}; the conv body expects square images")
+    if (channels, height, width) != (args.channels, args.image_size, args.image_size):
+        fail(f"{path} holds {channels}x{height}x{width} images but the {args.dataset} preset expects "
+             f"{args.channels}x{args.image_size}x{args.image_size}; prepare it again with: "
+             + args.prepare.format(root=args.data_root))
 
     # ------------------------------------------------------------------------------ model
     body = ConvBody(channels, height, hidden=args.hidden).to(device)

@@ -96,7 +96,9 @@ def write_prepared(root: str | Path, name: str, splits: dict, extra_meta: dict |
             if len(labels) != len(images) or (len(labels) and not 0 <= labels[0] <= labels[-1] < len(class_names)):
                 raise DatasetError(f"{name}/{split}: {len(images)} images, {len(labels)} labels, "
                                    f"labels must lie in [0, {len(class_names)})")
-            np.save(tmp / f"{split}_images.npy", images[order])
+            if np.any(np.diff(order) < 0):  # copy only when the classes need regrouping
+                images = images[order]
+            np.save(tmp / f"{split}_images.npy", images)
             np.save(tmp / f"{split}_labels.npy", labels)
             meta["splits"][split] = {
                 "num_images": int(len(labels)),

@@ -55,3 +55,16 @@ def test_more_shots_than_images_is_explained(glyph_root, tmp_path):
     r = run_train("--data-root", str(glyph_root), "--shots", "11", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "2x11=22 images per class" in r.stderr and "--shots 10" in r.stderr
+
+
+def test_dataset_of_the_wrong_shape_is_explained(tmp_path):
+    import numpy as np
+    from anil.data import write_prepared
+    images = np.zeros((40, 30, 30, 1), np.uint8)  # glyphs are 28x28
+    labels = np.repeat(np.arange(4), 10)
+    write_prepared(tmp_path, "cifar-fs", {s: (images, labels, list("abcd")) for s in ("train", "val", "test")})
+    r = run_train("--dataset", "cifar-fs", "--data-root", str(tmp_path), "--ways", "2",
+                  "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "holds 1x30x30 images but the cifar-fs preset expects 3x32x32" in r.stderr
+    assert "python -m data_prep.cifar_fs" in r.stderr
