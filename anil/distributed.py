@@ -27,12 +27,15 @@ exactly once, and equals the single-process result.
 A process that dies (crash, kill, lost machine) closes its connections and the others fail at
 their next collective; a process that hangs makes the others give up after ``timeout`` seconds.
 Either way the survivors raise ``DistributedError`` with a one-line message instead of hanging.
+(With nccl, a timed-out collective is caught by PyTorch's NCCL watchdog, which ends the process
+with its own message; torchrun then stops the rest.)
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -86,7 +89,7 @@ def setup(device: str = "cpu", timeout: float = 300.0) -> Context:
     ``device`` and no process group is made. Otherwise: backend nccl when ``device`` is "cuda"
     (each process on GPU ``LOCAL_RANK``), gloo on CPU; collectives give up after ``timeout`` s.
     """
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
         return Context(device=torch.device(device))
     rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
     if not 0 <= rank < world_size:
@@ -117,8 +120,9 @@ def teardown(ctx: Context) -> None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, without gloo's "[/path/to/pair.cc:561] " source location."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", lines[0]) if lines else type(error).__name__
 
 
 @contextmanager

@@ -125,9 +125,9 @@ def test_two_processes_train_like_one(runs):
     """2 processes × B/2 tasks = 1 process × B tasks: same gradients, same parameters after k steps.
 
     float64 matters: a conv bias followed by batch norm has a gradient that is exactly zero in
-    exact arithmetic, and in float32 its rounding noise (~1e-9, below Adam's ε=1e-8 only
-    sometimes) is normalised by Adam into steps of size ~lr that differ between any two
-    summation orders. In float64 the noise stays far below ε.
+    exact arithmetic; in float32 its rounding noise is not far below Adam's ε = 1e-8, so Adam
+    turns it into steps of up to ~lr that differ between any two summation orders. In float64
+    the noise stays far below ε.
     """
     r0, r1, single = runs["rank0"], runs["rank1"], runs["single"]
     # Rank 1 started from other weights; the broadcast gave it rank 0's.
@@ -185,6 +185,26 @@ def test_meta_batch_must_divide_evenly():
         distributed.share(6, ctx)
     with pytest.raises(distributed.DistributedError, match="e.g. 4 or 8"):
         distributed.share(3, ctx)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer; launch with torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0"}, "RANK=5 is outside 0..WORLD_SIZE-1=1"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "LOCAL_RANK=None is not an integer"),
+])
+def test_a_broken_launch_environment_is_explained(env, message, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "LOCAL_RANK" not in env:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(distributed.DistributedError, match=message):
+        distributed.setup("cpu")
+
+
+def test_one_process_needs_no_launcher(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = distributed.setup("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
 
 
 def test_gathered_values_come_back_in_task_order_without_a_group():
@@ -297,6 +317,7 @@ def test_a_rank_killed_mid_run_makes_the_run_exit_with_a_message(glyph_root, tmp
     finally:
         for p in ranks:
             p.kill()
+    print(err)
     assert ranks[0].returncode == 1
     assert seconds < 20, f"rank 0 took {seconds:.0f}s to notice"
     assert err.strip().splitlines() == [err.strip().splitlines()[-1]] and "Traceback" not in err, err
