@@ -147,7 +147,7 @@ def barrier(ctx: Context, what: str = "a barrier") -> None:
 def main_first(ctx: Context, what: str = "preparing the data"):
     """Run the block on rank 0 first, then on the other ranks (e.g. generating a dataset once)."""
     if not ctx.is_main:
-        barrier(ctx, f"waiting for rank 0 ({what})")
+        barrier(ctx, f"the wait for rank 0 ({what})")
     yield
     if ctx.is_main:
         barrier(ctx, what)
