@@ -75,10 +75,26 @@ def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
     return torch.stack(losses).mean(), torch.stack(accuracies).mean()
 
 
-def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False):
-    """One outer step: Adam (or any optimizer over body and head) on the mean query loss."""
+def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
+                    average=None):
+    """One outer step: Adam (or any optimizer over body and head) on the mean query loss.
+
+    ``average`` is for data-parallel training (``anil.distributed``): a function that averages a
+    list of tensors across processes in place. Each process holds B/P tasks of the meta-batch; the
+    mean of their gradients is the gradient of the whole meta-batch's mean loss, so averaging
+    between ``backward()`` and ``step()`` makes every process take the same step. The reported
+    loss and accuracy are averaged in the same call.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
     loss.backward()
+    stats = torch.stack([loss.detach(), accuracy.detach()])
+    if average is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:  # every process must send the same tensors, even for an unused parameter
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        average([*(p.grad for p in params), stats])
     optimizer.step()
-    return loss.item(), accuracy.item()
+    loss, accuracy = stats.tolist()
+    return loss, accuracy
