@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,24 @@ def load(path: str | Path, kind: str | None = None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; give the folder of a run written by train.py "
                               f"(it holds checkpoint.pt)")
+    advice = "delete it, or use another copy"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory comes last
+        raise CheckpointError(f"{path} is truncated or corrupt (not a complete torch zip archive); "
+                              f"{advice}")
+    try:
+        with zipfile.ZipFile(path) as archive:  # every member's CRC-32, so damaged weights are caught
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        damaged = f"{type(e).__name__}: {e}"
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt (checksum mismatch in {damaged}); {advice}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle, EOF and weights-only errors all mean: not usable
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"{path} cannot be read: it is truncated, corrupt or not a checkpoint "
-                              f"({type(e).__name__}: {reason}); delete it, or resume from another "
-                              f"copy") from None
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{path} cannot be read, it is corrupt or holds objects other than "
+                              f"tensors and plain values ({type(e).__name__}: {reason}); "
+                              f"{advice}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an anil checkpoint (a torch file of some other "
                               f"program); give a file written by train.py")
@@ -131,16 +143,21 @@ def config_differences(saved: dict, current: dict, keys=None) -> list[str]:
             for k in keys if saved.get(k, missing) != current.get(k, missing)]
 
 
-def dataset_fingerprint(path: str | Path, blocks: int = 16, block_size: int = 1 << 16) -> str:
-    """A short hash identifying a prepared dataset: meta.json, the size of every ``.npy`` file
-    and ``blocks`` evenly spaced blocks of each (cheap even for gigabytes of images, and it
-    changes whenever the data is prepared differently: other classes, order or images)."""
+def dataset_fingerprint(path: str | Path, full_below: int = 64 << 20, blocks: int = 64,
+                        block_size: int = 1 << 16) -> str:
+    """A short hash identifying a prepared dataset: meta.json and every ``.npy`` file, read whole
+    when smaller than ``full_below`` bytes, else by its size and ``blocks`` evenly spaced blocks
+    (a few MB read even for gigabytes of images; any other preparation — other classes, order or
+    images — changes it)."""
     path = Path(path)
     h = hashlib.sha256((path / "meta.json").read_bytes())
     for file in sorted(path.glob("*.npy")):
         size = file.stat().st_size
         h.update(f"{file.name}:{size}".encode())
         with open(file, "rb") as f:
+            if size < full_below:
+                h.update(f.read())
+                continue
             for i in range(blocks):
                 f.seek(size * i // blocks)
                 h.update(f.read(block_size))
