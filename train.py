@@ -261,8 +261,8 @@ def train(args, resumed=None):
         if unfinished:
             fail(f"{out} holds {where}; resume it with  python train.py --resume {out}  , or use "
                  f"another --out, or delete {files['checkpoint.pt']} to start over")
-        for name in ("best.pt", "metrics.jsonl", "curve.png"):  # the finished run's, now replaced
-            files[name].unlink(missing_ok=True)
+        for name in ("best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json"):
+            files[name].unlink(missing_ok=True)  # the finished run's outputs, now replaced
 
     stop = GracefulStop()
 
@@ -357,6 +357,7 @@ def train(args, resumed=None):
             last = it == args.iterations
             row = {"iteration": it}
             if args.val_every and (it % args.val_every == 0 or last):
+                bar.clear()
                 row["val_accuracy"], row["val_ci95"], _ = test(samplers["val"], args.val_tasks,
                                                                "validation")
             if it % args.log_every == 0 or "val_accuracy" in row or last:

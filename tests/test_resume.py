@@ -293,3 +293,41 @@ def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monk
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert without_seconds(read_metrics(tmp_path / "whole" / "metrics.jsonl")) == \
         without_seconds(read_metrics(tmp_path / "stopped" / "metrics.jsonl"))
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL or a power cut: nothing after it runs, no checkpoint is written."""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, monkeypatch, capsys,
+                                                       one_thread):
+    args = ["--data-root", glyph_root, *SHORT, "--iterations", "10", "--checkpoint-every", "4"]
+    code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, err
+    real, steps = train.meta_train_step, []
+
+    def step_then_die(*a, **kw):
+        steps.append(1)
+        if len(steps) == 7:  # past the checkpoint of iteration 4 and the validation of 6
+            raise Killed
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "meta_train_step", step_then_die)
+    with pytest.raises(Killed):
+        in_process([*args, "--out", tmp_path / "killed"], capsys)
+    monkeypatch.undo()
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert read_metrics(killed / "metrics.jsonl")[-1]["iteration"] == 6  # rows past the checkpoint
+    code, out, err = in_process(["--resume", killed], capsys)
+    assert code == 0, err
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    ta, tb = tensors([a["body"], a["head"], a["optimizer"], a["best"]]), \
+        tensors([b["body"], b["head"], b["optimizer"], b["best"]])
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert without_seconds(read_metrics(tmp_path / "whole" / "metrics.jsonl")) == \
+        without_seconds(read_metrics(killed / "metrics.jsonl"))  # no duplicated rows
+    best_a, best_b = (torch.load(d / "best.pt", weights_only=True) for d in (tmp_path / "whole", killed))
+    assert best_a["iteration"] == best_b["iteration"]
+    assert all(torch.equal(best_a["body"][k], best_b["body"][k]) for k in best_a["body"])
