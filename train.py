@@ -446,8 +446,7 @@ def train(args, resumed=None):
                "untrained_test_ci95": untrained["ci95"], "train_seconds": train_seconds,
                "history": history}
     (files["summary.json"]).write_text(json.dumps(summary, indent=1))
-    print(f"wrote {files['summary.json']}, {files['curve.png']}, {files['metrics.jsonl']}, "
-          f"{files['model.pt']}, {files['best.pt'].name} and {files['checkpoint.pt'].name}")
+    print(f"wrote {', '.join(name for name, f in files.items() if f.exists())} in {out}")
     return summary
 
 
