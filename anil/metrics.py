@@ -7,7 +7,8 @@
 
 ``loss`` and ``accuracy`` are the meta-training query loss and accuracy averaged over the
 iterations since the previous row; ``val_accuracy`` ± ``val_ci95`` appear on validation rows;
-``seconds`` is the run's training time so far (across resumes).
+``seconds`` is the wall-clock time of the training loop so far, validation included, summed over
+the processes of a resumed run.
 
 Draw (or redraw, while the run is going) its learning curve::
 

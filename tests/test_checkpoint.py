@@ -16,7 +16,7 @@ from PIL import Image
 from anil import checkpoint
 from anil.checkpoint import CheckpointError
 from anil.metrics import MetricsLog, best_validation, plot_learning_curve, read_metrics
-from anil.progress import GracefulStop, StopRequested, format_seconds
+from anil.progress import GracefulStop, Progress, StopRequested, format_seconds
 
 
 def payload(value=1.0):
@@ -208,3 +208,21 @@ def test_first_signal_is_a_flag_and_second_abandons():
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (9.4, 62, 3725)] == ["9s", "1m02s", "1h02m"]
+
+
+def test_progress_line_on_a_terminal_and_silence_elsewhere():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen, log = Terminal(), io.StringIO()
+    for stream in (screen, log):
+        bar = Progress(200, "train", done=100, stream=stream, interval=0)
+        bar.start -= 10.0  # 10 s for the first 50 of the remaining 100
+        bar.update(150)
+        bar.clear()
+    drawn = screen.getvalue().split("\r")[1]
+    assert drawn.startswith("train 150/200 [###############.....]  75%") and "eta 10s" in drawn
+    assert screen.getvalue().endswith("\r") and log.getvalue() == ""

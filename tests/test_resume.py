@@ -210,6 +210,28 @@ def test_a_fresh_run_does_not_overwrite_an_interrupted_one(runs, capsys):
     assert f"python train.py --resume {runs.interrupted}" in err
 
 
+def test_an_explicit_override_extends_a_run(runs, tmp_path, capsys, one_thread):
+    folder = tmp_path / "run"
+    shutil.copytree(runs.interrupted, folder)
+    code, out, err = in_process(["--resume", folder, "--iterations", "45", "--allow-config-change"],
+                                capsys)
+    assert code == 0, err
+    assert "note: resuming with changed settings (iterations: 40 → 45)" in out
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["iteration"] == 45
+    assert read_metrics(folder / "metrics.jsonl")[-1]["iteration"] == 45
+
+
+def test_evaluate_refuses_a_foreign_file_in_one_line(tmp_path, capsys):
+    import evaluate as evaluate_cli
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as e:
+        evaluate_cli.main([str(tmp_path / "model.pt")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().splitlines() == [
+        f"error: {tmp_path / 'model.pt'} is not an anil checkpoint (a torch file of some other "
+        f"program); give a file written by train.py"]
+
+
 def test_resume_from_a_damaged_checkpoint_is_one_line(runs, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(runs.interrupted, folder)
