@@ -261,8 +261,10 @@ def train(args, resumed=None):
         if unfinished:
             fail(f"{out} holds {where}; resume it with  python train.py --resume {out}  , or use "
                  f"another --out, or delete {files['checkpoint.pt']} to start over")
-        for name in ("best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json"):
-            files[name].unlink(missing_ok=True)  # the finished run's outputs, now replaced
+    if resumed is None:  # a fresh run replaces whatever an earlier run left in the folder
+        for name in ("checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png",
+                     "summary.json"):
+            files[name].unlink(missing_ok=True)
 
     stop = GracefulStop()
 
@@ -432,7 +434,7 @@ def train(args, resumed=None):
             mean, ci, accuracies = test(samplers["test"], args.eval_tasks, "test")
         except StopRequested as e:
             print(f"stopped by {signal.Signals(e.signum).name} during the final test; training is "
-                  f"complete and saved: run the test with  python evaluate.py {out}", file=sys.stderr)
+                  f"complete and saved: finish with  python train.py --resume {out}", file=sys.stderr)
             sys.exit(128 + e.signum)
     print(f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {args.eval_tasks} tasks, "
           f"{args.test_inner_steps} inner steps; {which}; untrained "

@@ -353,3 +353,16 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
     best_a, best_b = (torch.load(d / "best.pt", weights_only=True) for d in (tmp_path / "whole", killed))
     assert best_a["iteration"] == best_b["iteration"]
     assert all(torch.equal(best_a["body"][k], best_b["body"][k]) for k in best_a["body"])
+
+
+def test_a_fresh_run_replaces_a_finished_run_in_its_folder(glyph_root, tmp_path, capsys, one_thread):
+    args = ["--data-root", glyph_root, *SHORT, "--out", tmp_path / "run"]
+    assert in_process([*args, "--iterations", "4"], capsys)[0] == 0
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 99}\n')
+    assert in_process([*args, "--iterations", "2"], capsys)[0] == 0
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] == 2
+    assert in_process([*args, "--iterations", "3"], capsys)[0] == 0  # over a finished run: allowed
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
