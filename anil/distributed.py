@@ -228,3 +228,13 @@ def evaluate_sharded(ctx: Context, body, head, sampler, num_tasks: int, step_siz
     accuracies = gather_task_values(ctx, mine, num_tasks)
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies
+
+
+def any_true(ctx: Context, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (so that, e.g., all processes stop together)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    with _collective(ctx, "agreeing on a stop request"):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

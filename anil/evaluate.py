@@ -32,15 +32,18 @@ def task_accuracy(body, head, images, labels, step_size: float, steps: int) -> f
 
 
 def evaluate(body, head, sampler: TaskSampler, num_tasks: int, step_size: float, steps: int,
-             device="cpu"):
+             device="cpu", progress=None):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler`` (the same tasks on every call).
 
-    Returns (mean, ci95, per-task accuracies).
+    ``progress(done, total)``, if given, is called after every task (a progress bar; it may raise
+    to abandon the evaluation). Returns (mean, ci95, per-task accuracies).
     """
     accuracies = []
     for task_id in range(num_tasks):
         task = sampler.task(task_id)
         accuracies.append(task_accuracy(body, head, task.images.to(device), task.labels.to(device),
                                         step_size, steps))
+        if progress is not None:
+            progress(task_id + 1, num_tasks)
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies

@@ -21,6 +21,15 @@ import torch
 from .data import ClassSplit
 
 
+SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The sampler seed of ``split`` in a run with seed ``seed``: a different task stream per
+    split, the same one in train.py and in evaluate.py."""
+    return seed * 3 + SPLIT_OFFSET[split]
+
+
 class SamplerError(ValueError):
     """A task cannot be drawn with these settings; the message says why and what to change."""
 

@@ -17,7 +17,8 @@ def run_train(*args, cwd=ROOT):
 def test_tiny_run_writes_summary_and_weights(glyph_root, tmp_path):
     out = tmp_path / "run"
     r = run_train("--data-root", str(glyph_root), "--iterations", "3", "--meta-batch", "2",
-                  "--eval-tasks", "6", "--val-tasks", "4", "--val-every", "2", "--out", str(out))
+                  "--eval-tasks", "6", "--val-tasks", "4", "--val-every", "2", "--log-every", "1",
+                  "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout and "untrained network" in r.stdout
     summary = json.loads((out / "summary.json").read_text())

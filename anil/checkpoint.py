@@ -1,0 +1,164 @@
+"""Checkpoints a long run can trust: atomic writes, safe loading, exact resume.
+
+A checkpoint is one ``torch.save`` file holding a dict of plain types and tensors only, so that
+``torch.load(weights_only=True)`` reads it without running any pickled code. It is written to a
+temporary file in the same folder, flushed to disk, then renamed over the old one (``os.replace``
+is atomic on POSIX and Windows): a crash or a full disk in the middle of a write leaves the
+previous checkpoint as it was.
+
+Exact resume needs everything that decides what happens next: weights, optimizer state, the
+iteration, the task sampler's state, and the Python, numpy and torch random states
+(``rng_state`` / ``set_rng_state``). The configuration and a fingerprint of the dataset are
+stored too, so that a resume with other settings or other data can be refused by name
+(``config_differences``, ``dataset_fingerprint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "anil"  # every file this project writes carries {"format": FORMAT, "version": VERSION}
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, foreign or incompatible; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------ writing, reading
+
+
+def save(obj: dict, path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically: temporary file, fsync, then ``os.replace``.
+
+    On any failure (including KeyboardInterrupt) the temporary file is removed and whatever was at
+    ``path`` before is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every OS or file system
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load(path: str | Path, kind: str | None = None) -> dict:
+    """Read a file written by ``save`` with ``torch.load(weights_only=True)`` onto the CPU.
+
+    ``kind`` (e.g. ``"checkpoint"``) requires ``obj["kind"]`` to match. Missing, truncated,
+    corrupt and foreign files raise ``CheckpointError`` with a one-line message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; give the folder of a run written by train.py "
+                              f"(it holds checkpoint.pt)")
+    advice = "delete it, or use another copy"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory comes last
+        raise CheckpointError(f"{path} is truncated or corrupt (not a complete torch zip archive); "
+                              f"{advice}")
+    try:
+        with zipfile.ZipFile(path) as archive:  # every member's CRC-32, so damaged weights are caught
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        damaged = f"{type(e).__name__}: {e}"
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt (checksum mismatch in {damaged}); {advice}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle, EOF and weights-only errors all mean: not usable
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{path} cannot be read, it is corrupt or holds objects other than "
+                              f"tensors and plain values ({type(e).__name__}: {reason}); "
+                              f"{advice}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an anil checkpoint (a torch file of some other "
+                              f"program); give a file written by train.py")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this code reads "
+                              f"version {VERSION}")
+    if kind is not None and obj.get("kind") != kind:
+        raise CheckpointError(f"{path} holds {obj.get('kind')!r} data, not a {kind}; "
+                              f"give the run's checkpoint.pt")
+    return obj
+
+
+# ---------------------------------------------------------------------------------- random states
+
+
+def rng_state() -> dict:
+    """Python, numpy (global) and torch (CPU and every CUDA device) random states, in types that
+    ``torch.load(weights_only=True)`` accepts (ints, lists, tensors)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned. CUDA states are restored when the device count matches."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------- configuration and data
+
+
+def config_differences(saved: dict, current: dict, keys=None) -> list[str]:
+    """``"key: saved → current"`` for every key (of ``keys``, default all) whose values differ."""
+    keys = sorted(set(saved) | set(current)) if keys is None else keys
+    missing = "(not set)"
+    return [f"{k}: {saved.get(k, missing)!r} → {current.get(k, missing)!r}"
+            for k in keys if saved.get(k, missing) != current.get(k, missing)]
+
+
+def dataset_fingerprint(path: str | Path, full_below: int = 64 << 20, blocks: int = 64,
+                        block_size: int = 1 << 16) -> str:
+    """A short hash identifying a prepared dataset: meta.json and every ``.npy`` file, read whole
+    when smaller than ``full_below`` bytes, else by its size and ``blocks`` evenly spaced blocks
+    (a few MB read even for gigabytes of images; any other preparation — other classes, order or
+    images — changes it)."""
+    path = Path(path)
+    h = hashlib.sha256((path / "meta.json").read_bytes())
+    for file in sorted(path.glob("*.npy")):
+        size = file.stat().st_size
+        h.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            if size < full_below:
+                h.update(f.read())
+                continue
+            for i in range(blocks):
+                f.seek(size * i // blocks)
+                h.update(f.read(block_size))
+    return h.hexdigest()[:16]
