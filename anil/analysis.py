@@ -154,6 +154,12 @@ def main(argv=None):
     for name, (mean, ci) in table.items():
         print(f"{name:<24} {100 * mean:8.2f} ± {100 * ci:.2f}%")
 
+    freezing_png = bar_chart(out / f"{stem}-freezing.png", list(table),
+                             {"test accuracy": [m for m, _ in table.values()]},
+                             errors={"test accuracy": [c for _, c in table.values()]},
+                             title=f"{algorithm.upper()} on {config['dataset']}: layers frozen at "
+                                   f"test time ({args.tasks} tasks)", ylabel="test accuracy")
+
     # ------------------------------------------------------------ feature reuse (paper §3.2)
     adapted = None if algorithm == "maml" else maml.layer_params(body, head, ["head"])
     torch.manual_seed(12345)
@@ -167,9 +173,9 @@ def main(argv=None):
         print(f"{layer:<8} {m:16.3f} ± {c:.3f}           {cm:16.3f} ± {cc:.3f}")
     png = bar_chart(out / f"{stem}-cka.png", list(cka),
                     {"before vs after inner loop": [cka[l][0] for l in cka],
-                     "trained vs untrained (control)": [control[l][0] for l in cka]},
+                     "trained vs untrained": [control[l][0] for l in cka]},
                     errors={"before vs after inner loop": [cka[l][1] for l in cka],
-                            "trained vs untrained (control)": [control[l][1] for l in cka]},
+                            "trained vs untrained": [control[l][1] for l in cka]},
                     title=f"{algorithm.upper()} on {config['dataset']}: linear CKA per layer, "
                           f"mean over {args.tasks} tasks", ylabel="CKA")
     result = {"checkpoint": str(args.checkpoint), "algorithm": algorithm, "tasks": args.tasks,
@@ -177,7 +183,7 @@ def main(argv=None):
               "cka_before_after": {k: {"mean": m, "ci95": c} for k, (m, c) in cka.items()},
               "cka_vs_untrained": {k: {"mean": m, "ci95": c} for k, (m, c) in control.items()}}
     (out / f"{stem}-analysis.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {png} and {out / f'{stem}-analysis.json'}")
+    print(f"wrote {freezing_png}, {png} and {out / f'{stem}-analysis.json'}")
     return result
 
 

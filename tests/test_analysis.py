@@ -118,3 +118,20 @@ def test_nil_is_at_chance_on_random_labels():
         accuracies.append(task_accuracy(Flatten(), images, labels))
     mean, se = np.mean(accuracies), np.std(accuracies) / math.sqrt(tasks)
     assert abs(mean - 1 / ways) < 4 * se, (mean, se)
+
+
+# ------------------------------------------------------------------- per-layer representations
+
+def test_layer_outputs_are_the_network_layer_by_layer():
+    from anil import maml
+    from anil.analysis import layer_outputs
+    from anil.model import ConvBody, make_head
+    torch.manual_seed(7)
+    body, x = ConvBody(1, 16, hidden=3), torch.randn(6, 1, 16, 16)
+    head = make_head(body.feature_dim, 3)
+    params = maml.network_params(body, head)
+    outputs = layer_outputs(body, head, params, x)
+    assert list(outputs) == ["conv1", "conv2", "conv3", "conv4", "head"]
+    torch.testing.assert_close(outputs["conv1"], body.blocks[0](x))
+    torch.testing.assert_close(outputs["conv4"].flatten(1), body(x))
+    torch.testing.assert_close(outputs["head"], maml.network_forward(body, head, params, x))

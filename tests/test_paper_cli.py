@@ -64,8 +64,9 @@ def test_analysis_prints_freezing_and_cka_tables_and_draws_the_png(compared, gly
     assert list(result["cka_before_after"]) == ["conv1", "conv2", "conv3", "conv4", "head"]
     for v in result["cka_before_after"].values():
         assert 0 <= v["mean"] <= 1 + 1e-9
-    png = Image.open(out / "maml-cka.png")
-    assert png.format == "PNG" and png.size == (720, 440)
+    for name in ("maml-cka.png", "maml-freezing.png"):
+        png = Image.open(out / name)
+        assert png.format == "PNG" and png.size == (720, 440)
     assert "conv1-4 (head only)" in stdout and "CKA before vs after" in stdout
 
 
