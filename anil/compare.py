@@ -1,6 +1,6 @@
 """Train ANIL and MAML with the same data, seed and budget, then print the paper-style table:
-test accuracy ± 95% CI for ANIL, MAML and NIL (the head dropped, on each trained body), and the
-time per training iteration and per test task, with MAML/ANIL ratios.
+test accuracy ± 95% CI for ANIL, MAML and NIL (the head dropped, on each trained body and on the
+untrained one), and the time per training iteration and per test task, with MAML/ANIL ratios.
 
     python -m anil.compare                                   # built-in glyphs, minutes on a CPU
     python -m anil.compare --dataset omniglot --iterations 5000 --device cuda
@@ -134,7 +134,7 @@ def main(argv=None):
           flush=True)
 
     # --------------------------------------------------------------------- meta-training
-    models, step_times = {}, {}
+    models, step_times = {"untrained": init()}, {}
     for name, step_fn in (("ANIL", algorithm.meta_train_step), ("MAML", maml.meta_train_step)):
         body, head, seconds = train(name, step_fn, init, samplers, args, device)
         models[name], step_times[name] = (body, head), seconds
@@ -146,6 +146,8 @@ def main(argv=None):
         "MAML": ("MAML", lambda b, h: maml.evaluate(b, h, test, n, alpha, steps, device)),
         "NIL (ANIL body)": ("ANIL", lambda b, h: nil.evaluate(b, test, n, device)),
         "NIL (MAML body)": ("MAML", lambda b, h: nil.evaluate(b, test, n, device)),
+        # The untrained body: what meta-training adds to the features.
+        "NIL (untrained)": ("untrained", lambda b, h: nil.evaluate(b, test, n, device)),
     }
     rows = {}
     for method, (trained, fn) in tests.items():
@@ -178,12 +180,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for name, (body, head) in models.items():
+        if name == "untrained":
+            continue
         torch.save({"body": body.state_dict(), "head": head.state_dict(),
                     "config": {**config, "algorithm": name.lower()}}, args.out / f"{name.lower()}.pt")
     summary = {"config": config, "rows": rows, "train_speedup": train_ratio, "test_speedup": test_ratio}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     labels = list(rows)
-    bar_chart(args.out / "compare.png", [m.replace(" body)", ")") for m in labels],
+    bar_chart(args.out / "compare.png", [m.replace(" body)", ")").replace("untrained", "untr.") for m in labels],
               {"test accuracy": [rows[m]["accuracy"] for m in labels]},
               errors={"test accuracy": [rows[m]["ci95"] for m in labels]},
               title=f"{args.dataset} {args.ways}-way {args.shots}-shot, {args.iterations} iterations "

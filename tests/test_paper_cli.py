@@ -35,8 +35,9 @@ def test_compare_prints_the_paper_table_and_writes_both_models(compared):
     out, stdout = compared
     lines = stdout.splitlines()
     header = next(i for i, l in enumerate(lines) if l.startswith("method"))
-    rows = [l.split()[0] + " " + l.split()[1] for l in lines[header + 1:header + 5]]
-    assert rows == ["ANIL ANIL", "MAML MAML", "NIL (ANIL", "NIL (MAML"]
+    rows = [(l[:17].strip(), l[18:28].strip()) for l in lines[header + 1:header + 6]]
+    assert rows == [("ANIL", "ANIL"), ("MAML", "MAML"), ("NIL (ANIL body)", "ANIL"),
+                    ("NIL (MAML body)", "MAML"), ("NIL (untrained)", "untrained")], rows
     assert "faster per training iteration" in stdout and "(paper: 1.7x and 4.1x)" in stdout
     summary = json.loads((out / "summary.json").read_text())
     for method in ("ANIL", "MAML"):
