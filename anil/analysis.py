@@ -1,0 +1,191 @@
+"""The paper's analyses of a trained model: freezing layers at test time (Table 1) and the
+representation similarity before and after the inner loop (§3.2, Figures 2-3).
+
+    python -m anil.analysis                                  # the MAML model of anil.compare
+    python -m anil.analysis --checkpoint runs/glyphs-5w1s/model.pt   # any ANIL/MAML checkpoint
+
+Freezing: the model adapts only the layers after the frozen ones at test time (conv1..conv4 are
+the body's blocks; freezing all of them leaves the head, i.e. ANIL-style adaptation).
+
+Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(S) the network
+after the inner loop on the task's support set (MAML adapts every layer, ANIL the head only).
+Both run on the task's 2NK images and each layer's outputs are compared by linear CKA
+(``anil.cka``), averaged over tasks. A control row compares the trained network with a freshly
+initialised one on the same images, to show what "dissimilar" looks like at this sample size.
+The paper's finding: body layers near 1 (feature reuse), the head far lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+from . import maml
+from .cka import linear_cka
+from .cli import dataset_path, fail, positive_int
+from .data import DatasetError, load_split
+from .evaluate import mean_ci95
+from .model import ConvBody, make_head
+from .plot import bar_chart
+from .sampler import SamplerError, TaskSampler
+
+DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
+
+
+def layer_outputs(body: ConvBody, head, params: maml.Params, images: torch.Tensor) -> dict:
+    """Each layer's output on one task's images with parameters ``params`` (``maml`` names):
+    {conv1: [n, C, H, W], ..., head: logits [n, N]}."""
+    outputs, x = {}, images
+    for i, block in enumerate(body.blocks):
+        prefix = f"body.blocks.{i}."
+        x = functional_call(block, {k[len(prefix):]: v for k, v in params.items()
+                                    if k.startswith(prefix)}, (x,))
+        outputs[f"conv{i + 1}"] = x
+    head_params = {k[5:]: v for k, v in params.items() if k.startswith("head.")}
+    outputs["head"] = functional_call(head, head_params, (x.flatten(1),))
+    return outputs
+
+
+def freezing_table(body, head, sampler, num_tasks, step_size, steps, device="cpu"):
+    """{frozen layers: (mean, ci95)} for frozen = none, conv1, conv1-2, ..., all conv layers."""
+    layers = maml.layer_names(body)
+    depth = len(layers) - 1
+    table = {}
+    for k in range(depth + 1):
+        name = "none" if k == 0 else "conv1" if k == 1 else f"conv1-{k}"
+        if k == depth:
+            name += " (head only)"
+        adapted = maml.layer_params(body, head, layers[k:])
+        mean, ci, _ = maml.evaluate(body, head, sampler, num_tasks, step_size, steps, device, adapted)
+        table[name] = (mean, ci)
+    return table
+
+
+def similarity_by_layer(body, head, sampler, num_tasks, step_size, steps, adapted=None,
+                        control=None, device="cpu"):
+    """Linear CKA of each layer before vs after the inner loop, over tasks 0..num_tasks-1.
+
+    Returns {layer: (mean, ci95)}, and the same for the control network ``control = (body,
+    head)`` (trained vs control on the same images) if given.
+    """
+    params = {k: v.detach() for k, v in maml.network_params(body, head).items()}
+    if control is not None:
+        control_params = {k: v.detach() for k, v in maml.network_params(*control).items()}
+    before_after, versus_control = {}, {}
+    for task_id in range(num_tasks):
+        task = sampler.task(task_id)
+        x, y = task.images.to(device), task.labels.to(device)
+        with torch.no_grad():
+            adapted_params = maml.adapt(body, head, params, x, y, step_size, steps, adapted=adapted)
+            before = layer_outputs(body, head, params, x)
+            after = layer_outputs(body, head, adapted_params, x)
+            other = layer_outputs(*control, control_params, x) if control is not None else None
+        for layer in before:
+            before_after.setdefault(layer, []).append(linear_cka(before[layer], after[layer]))
+            if other is not None:
+                versus_control.setdefault(layer, []).append(linear_cka(before[layer], other[layer]))
+    summarise = lambda d: {layer: mean_ci95(v) for layer, v in d.items()}
+    return summarise(before_after), summarise(versus_control)
+
+
+def load_checkpoint(path: Path):
+    if not path.is_file():
+        hint = ("run `python -m anil.compare` first" if path == DEFAULT_CHECKPOINT
+                else "check the path (python -m anil.compare writes anil.pt and maml.pt; train.py writes model.pt)")
+        fail(f"no checkpoint at {path}; {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint["body"], checkpoint["head"], checkpoint["config"]
+    except Exception as e:  # a truncated or foreign file: say which and what to do
+        fail(f"{path} is not a readable anil checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+             f"train it again")
+    return checkpoint
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m anil.analysis", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="a model written by anil.compare (anil.pt, maml.pt) or train.py (model.pt)")
+    p.add_argument("--data-root", type=Path, default=None, help="default: the one it was trained with")
+    p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's folder")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    device = torch.device(args.device)
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = checkpoint["config"]
+    algorithm = config.get("algorithm", "anil")  # train.py checkpoints are ANIL
+    data_root = args.data_root or Path(config["data_root"])
+    try:
+        path = dataset_path(config["dataset"], data_root)
+        split = load_split(path, "test")
+        # The test tasks anil.compare and train.py test on (seed 3·seed + 2).
+        test = TaskSampler(split, config["ways"], config["shots"], seed=config["seed"] * 3 + 2,
+                           rotate=config.get("rotate", False))
+    except (DatasetError, SamplerError) as e:
+        fail(str(e))
+    channels, size, _ = split.image_shape
+    body = ConvBody(channels, size, hidden=config["hidden"])
+    head = make_head(body.feature_dim, config["ways"])
+    try:
+        body.load_state_dict(checkpoint["body"]), head.load_state_dict(checkpoint["head"])
+    except RuntimeError as e:
+        fail(f"{args.checkpoint} does not fit a {config['hidden']}-filter body on {config['dataset']} "
+             f"({str(e).splitlines()[0][:120]})")
+    body.to(device).eval(), head.to(device).eval()
+    alpha, steps = config["inner_lr"], config["test_inner_steps"]
+    out = args.out or args.checkpoint.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.checkpoint.stem
+    print(f"{algorithm.upper()} model {args.checkpoint} on {config['dataset']} {config['ways']}-way "
+          f"{config['shots']}-shot: α={alpha} × {steps} test steps, {args.tasks} test tasks", flush=True)
+
+    # ------------------------------------------------------------- freezing (paper Table 1)
+    table = freezing_table(body, head, test, args.tasks, alpha, steps, device)
+    print("\nfrozen at test time      test accuracy (95% CI)")
+    for name, (mean, ci) in table.items():
+        print(f"{name:<24} {100 * mean:8.2f} ± {100 * ci:.2f}%")
+
+    freezing_png = bar_chart(out / f"{stem}-freezing.png", list(table),
+                             {"test accuracy": [m for m, _ in table.values()]},
+                             errors={"test accuracy": [c for _, c in table.values()]},
+                             title=f"{algorithm.upper()} on {config['dataset']}: layers frozen at "
+                                   f"test time ({args.tasks} tasks)", ylabel="test accuracy")
+
+    # ------------------------------------------------------------ feature reuse (paper §3.2)
+    adapted = None if algorithm == "maml" else maml.layer_params(body, head, ["head"])
+    torch.manual_seed(12345)
+    fresh = ConvBody(channels, size, hidden=config["hidden"]).to(device).eval()
+    fresh_head = make_head(fresh.feature_dim, config["ways"]).to(device)
+    cka, control = similarity_by_layer(body, head, test, args.tasks, alpha, steps, adapted,
+                                       (fresh, fresh_head), device)
+    print(f"\nlayer    CKA before vs after inner loop   control: trained vs untrained network")
+    for layer in cka:
+        (m, c), (cm, cc) = cka[layer], control[layer]
+        print(f"{layer:<8} {m:16.3f} ± {c:.3f}           {cm:16.3f} ± {cc:.3f}")
+    png = bar_chart(out / f"{stem}-cka.png", list(cka),
+                    {"before vs after inner loop": [cka[l][0] for l in cka],
+                     "trained vs untrained": [control[l][0] for l in cka]},
+                    errors={"before vs after inner loop": [cka[l][1] for l in cka],
+                            "trained vs untrained": [control[l][1] for l in cka]},
+                    title=f"{algorithm.upper()} on {config['dataset']}: linear CKA per layer, "
+                          f"mean over {args.tasks} tasks", ylabel="CKA")
+    result = {"checkpoint": str(args.checkpoint), "algorithm": algorithm, "tasks": args.tasks,
+              "freezing": {k: {"accuracy": m, "ci95": c} for k, (m, c) in table.items()},
+              "cka_before_after": {k: {"mean": m, "ci95": c} for k, (m, c) in cka.items()},
+              "cka_vs_untrained": {k: {"mean": m, "ci95": c} for k, (m, c) in control.items()}}
+    (out / f"{stem}-analysis.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {freezing_png}, {png} and {out / f'{stem}-analysis.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""NIL, "No Inner Loop" (the paper's §5.1): drop the head at test time and label each query by
+its cosine similarity to the support set, weighting the support labels as Matching Networks do.
+
+For a query feature q and support features s_1..s_m with labels y_1..y_m (penultimate layer,
+z = f_θ(x)):
+
+    c(q, s_j) = q·s_j / (‖q‖ ‖s_j‖)                       cosine similarity
+    a(q, s_j) = exp c(q, s_j) / Σ_j' exp c(q, s_j')         attention over the support set
+    p(y = k | q) = Σ_j a(q, s_j) 1[y_j = k]                  predicted label: argmax_k p(y = k | q)
+
+The softmax has temperature 1, as in Matching Networks' cosine attention. With one shot per
+class the prediction is the support image of highest cosine similarity; with K shots each class
+scores Σ_j exp c over its K supports. No parameter is adapted, so NIL works on the body of any
+trained model (ANIL, MAML) or an untrained one. The body runs once on the whole task (support and
+query), so batch norm sees the same statistics as in ANIL.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .evaluate import mean_ci95
+
+
+def nil_probabilities(support_features: torch.Tensor, support_labels: torch.Tensor,
+                      query_features: torch.Tensor, ways: int) -> torch.Tensor:
+    """p(y = k | q) for every query [n_query, ways]; rows sum to 1."""
+    cosine = F.normalize(query_features, dim=1) @ F.normalize(support_features, dim=1).T
+    attention = torch.softmax(cosine, dim=1)  # a(q, s_j), over the support set
+    return attention @ F.one_hot(support_labels, ways).to(attention.dtype)
+
+
+def task_accuracy(body, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """NIL's query accuracy on one task (support at even positions, query at odd)."""
+    with torch.no_grad():
+        features = body(images)
+        ways = int(labels.max()) + 1
+        probs = nil_probabilities(features[0::2], labels[0::2], features[1::2], ways)
+    return (probs.argmax(1) == labels[1::2]).float().mean().item()
+
+
+def evaluate(body, sampler, num_tasks: int, device="cpu"):
+    """NIL accuracy on tasks 0..num_tasks-1 of ``sampler``: (mean, ci95, per-task accuracies)."""
+    accuracies = [task_accuracy(body, t.images.to(device), t.labels.to(device))
+                  for t in map(sampler.task, range(num_tasks))]
+    mean, ci = mean_ci95(accuracies)
+    return mean, ci, accuracies

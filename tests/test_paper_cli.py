@@ -1,0 +1,116 @@
+"""The paper-reproduction commands: python -m anil.compare and python -m anil.analysis."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from anil import analysis, compare
+
+ROOT = Path(__file__).resolve().parents[1]
+# One thread: tiny tensors gain nothing from more, and a busy machine makes them much slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def compared(glyph_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    r = run("anil.compare", "--data-root", str(glyph_root), "--iterations", "2", "--meta-batch", "2",
+            "--hidden", "4", "--inner-steps", "1", "--test-inner-steps", "2", "--eval-tasks", "4",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out, r.stdout
+
+
+def test_compare_prints_the_paper_table_and_writes_both_models(compared):
+    out, stdout = compared
+    lines = stdout.splitlines()
+    header = next(i for i, l in enumerate(lines) if l.startswith("method"))
+    rows = [(l[:17].strip(), l[18:28].strip()) for l in lines[header + 1:header + 6]]
+    assert rows == [("ANIL", "ANIL"), ("MAML", "MAML"), ("NIL (ANIL body)", "ANIL"),
+                    ("NIL (MAML body)", "MAML"), ("NIL (untrained)", "untrained")], rows
+    assert "faster per training iteration" in stdout and "(paper: 1.7x and 4.1x)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for method in ("ANIL", "MAML"):
+        row = summary["rows"][method]
+        assert 0 <= row["accuracy"] <= 1 and row["train_seconds_per_iteration"] > 0
+        assert row["test_seconds_per_task"] > 0
+    ratio = (summary["rows"]["MAML"]["train_seconds_per_iteration"]
+             / summary["rows"]["ANIL"]["train_seconds_per_iteration"])
+    assert summary["train_speedup"] == pytest.approx(ratio)
+    assert Image.open(out / "compare.png").size == (720, 440)
+    # Same initial weights: both runs start from one init, then diverge by training.
+    import torch
+    anil = torch.load(out / "anil.pt", weights_only=True)
+    maml = torch.load(out / "maml.pt", weights_only=True)
+    assert anil["config"]["algorithm"] == "anil" and maml["config"]["algorithm"] == "maml"
+    assert anil["head"]["weight"].shape == maml["head"]["weight"].shape == (5, 4)
+
+
+def test_analysis_prints_freezing_and_cka_tables_and_draws_the_png(compared, glyph_root, capsys):
+    out, _ = compared
+    analysis.main(["--checkpoint", str(out / "maml.pt"), "--data-root", str(glyph_root), "--tasks", "3"])
+    stdout = capsys.readouterr().out
+    result = json.loads((out / "maml-analysis.json").read_text())
+    assert list(result["freezing"]) == ["none", "conv1", "conv1-2", "conv1-3", "conv1-4 (head only)"]
+    assert list(result["cka_before_after"]) == ["conv1", "conv2", "conv3", "conv4", "head"]
+    for v in result["cka_before_after"].values():
+        assert 0 <= v["mean"] <= 1 + 1e-9
+    for name in ("maml-cka.png", "maml-freezing.png"):
+        png = Image.open(out / name)
+        assert png.format == "PNG" and png.size == (720, 440)
+    assert "conv1-4 (head only)" in stdout and "CKA before vs after" in stdout
+
+
+def test_analysis_of_an_anil_model_finds_the_body_unchanged(compared, glyph_root):
+    """ANIL adapts the head only, so every body layer's CKA is exactly 1."""
+    out, _ = compared
+    result = analysis.main(["--checkpoint", str(out / "anil.pt"), "--data-root", str(glyph_root),
+                            "--tasks", "2"])
+    cka = result["cka_before_after"]
+    for layer in ("conv1", "conv2", "conv3", "conv4"):
+        assert cka[layer]["mean"] == pytest.approx(1.0, abs=1e-9)
+    assert cka["head"]["mean"] < 1 - 1e-6
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("anil.compare", ["--ways", "0"], "--ways: must be a positive integer"),
+    ("anil.compare", ["--inner-lr", "nan"], "--inner-lr: must be a positive number"),
+    ("anil.compare", ["--iterations", "lots"], "--iterations: must be a positive integer"),
+    ("anil.compare", ["--dataset", "imagenet-22k"], "invalid choice: 'imagenet-22k'"),
+    ("anil.analysis", ["--tasks", "-3"], "--tasks: must be a positive integer"),
+    ("anil.analysis", ["--checkpoint", "no/such/model.pt"], "error: no checkpoint at no/such/model.pt"),
+])
+def test_bad_values_get_one_line(module, args, message, capsys):
+    """In-process: the same argparse/fail() path as the command line, without a new interpreter."""
+    with pytest.raises(SystemExit) as stop:
+        {"anil.compare": compare, "anil.analysis": analysis}[module].main(args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_corrupt_checkpoint_gets_one_line(tmp_path, capsys):
+    bad = tmp_path / "maml.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as stop:
+        analysis.main(["--checkpoint", str(bad)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2
+    assert len(lines) == 1 and "is not a readable anil checkpoint" in lines[0]
+
+
+def test_compare_explains_more_ways_than_classes(glyph_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--data-root", str(glyph_root), "--ways", "500", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: 500-way tasks need 500 classes")
