@@ -165,7 +165,7 @@ def test_train_py_trains_on_prepared_cifar_fs(archive, fixture_md5, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "cifar-fs",
                         "--data-root", str(tmp_path), "--iterations", "2", "--meta-batch", "2",
-                        "--eval-tasks", "2", "--val-tasks", "2", "--out", str(out)],
+                        "--eval-tasks", "2", "--val-tasks", "2", "--log-every", "1", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "ANIL on cifar-fs: 5-way 5-shot" in r.stdout and "test accuracy" in r.stdout

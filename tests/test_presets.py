@@ -34,13 +34,13 @@ def train():
 
 @pytest.mark.parametrize("dataset", sorted(REFERENCE))
 def test_preset_resolves_to_the_reference_settings(train, dataset):
-    args = train.parse_args(["--dataset", dataset, "--device", "cpu"])
+    args, _ = train.parse_args(["--dataset", dataset, "--device", "cpu"])
     assert tuple(getattr(args, k) for k in KEYS) == REFERENCE[dataset]
     assert args.data_root / args.dataset == Path("data") / dataset  # where train.py looks
 
 
 def test_every_value_can_be_overridden(train):
-    args = train.parse_args(["--dataset", "omniglot", "--device", "cpu", "--ways", "5", "--shots", "5",
+    args, _ = train.parse_args(["--dataset", "omniglot", "--device", "cpu", "--ways", "5", "--shots", "5",
                              "--meta-batch", "32", "--inner-lr", "0.4", "--inner-steps", "1",
                              "--test-inner-steps", "3", "--outer-lr", "0.01", "--iterations", "7",
                              "--hidden", "32"])
@@ -50,7 +50,7 @@ def test_every_value_can_be_overridden(train):
 
 
 def test_the_built_in_preset_is_kept(train):
-    args = train.parse_args(["--device", "cpu"])
+    args, _ = train.parse_args(["--device", "cpu"])
     assert args.dataset == "glyphs" and (args.ways, args.shots, args.meta_batch) == (5, 1, 8)
 
 
