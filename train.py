@@ -20,6 +20,7 @@ import torch
 from anil.algorithm import meta_train_step
 from anil.data import DatasetError, load_split
 from anil.evaluate import evaluate
+from anil.fast import Speed, default_speed, fast_evaluate, fast_meta_train_step, feature_extractor
 from anil.model import ConvBody, make_head
 from anil.presets import PRESETS, preset
 from anil.sampler import SamplerError, TaskSampler
@@ -68,6 +69,18 @@ def parse_args(argv=None):
                    help="fixed pool of training tasks (learn2learn's num_tasks); default: a fresh task per draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    # Speed (anil/fast.py): none of these change the math; defaults are the fastest measured.
+    p.add_argument("--strategy", choices=["task", "chunk", "vmap", "reference"],
+                   help="tasks per head loop and body backward: 1, --chunk-size, or all; 'reference' "
+                        "runs the readable anil.algorithm path (default: chunk on CPU, vmap on GPU)")
+    p.add_argument("--chunk-size", type=positive_int, default=4, help="tasks per chunk for --strategy chunk")
+    p.add_argument("--batch-body", action=argparse.BooleanOptionalAction, default=None,
+                   help="one body call for all tasks of a chunk, per-task batch norm (default: on GPU only)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: autocast of the body (opt-in; changes rounding)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format for the conv body")
+    p.add_argument("--compile", action="store_true", help="torch.compile the body (opt-in)")
     p.add_argument("--eval-tasks", type=positive_int, default=600, help="test tasks for the final result")
     p.add_argument("--val-tasks", type=positive_int, default=100, help="validation tasks per validation")
     p.add_argument("--val-every", type=non_negative_int, default=100, help="validate every V iterations (0: never)")
@@ -83,6 +96,12 @@ def parse_args(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.strategy == "reference" and (args.precision != "float32" or args.compile):
+        p.error("--strategy reference runs the plain float32 path; drop --precision/--compile or pick "
+                "another --strategy")
+    fastest = default_speed(args.device)
+    args.strategy = args.strategy or fastest.strategy
+    args.batch_body = fastest.batch_body if args.batch_body is None else args.batch_body
     return args
 
 
@@ -127,16 +146,29 @@ def main(argv=None):
     # ------------------------------------------------------------------------------ model
     body = ConvBody(channels, height, hidden=args.hidden).to(device)
     head = make_head(body.feature_dim, args.ways).to(device)
+    reference = args.strategy == "reference"
+    speed = Speed("task" if reference else args.strategy, args.chunk_size, args.batch_body,
+                  args.precision, args.channels_last and not reference)
+    features_fn = feature_extractor(body, speed, compile=args.compile)
     optimizer = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=args.outer_lr)
     n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
     print(f"ANIL on {args.dataset}: {args.ways}-way {args.shots}-shot, meta-batch {args.meta_batch}, "
           f"α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} at test), "
           f"{'first' if args.first_order else 'second'} order, Adam β={args.outer_lr}, "
           f"{args.iterations} iterations, {n_params:,} parameters, device {device}", flush=True)
+    print(f"speed: strategy {args.strategy}" + ("" if reference else
+          f"{f' ({args.chunk_size} tasks)' if args.strategy == 'chunk' else ''}, "
+          f"{'batched' if args.batch_body else 'per-task'} body, {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}"),
+          flush=True)
 
     def test(sampler, num_tasks):
         body.eval(), head.eval()
-        result = evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps, device)
+        if reference:
+            result = evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps, device)
+        else:
+            result = fast_evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps,
+                                   device, features_fn=features_fn)
         body.train(), head.train()
         return result
 
@@ -150,8 +182,13 @@ def main(argv=None):
     history, start = [], time.perf_counter()
     for it in range(1, args.iterations + 1):
         images, labels = samplers["train"].batch(args.meta_batch)
-        loss, acc = meta_train_step(body, head, optimizer, images.to(device), labels.to(device),
-                                    args.inner_lr, args.inner_steps, args.first_order)
+        if reference:
+            loss, acc = meta_train_step(body, head, optimizer, images.to(device), labels.to(device),
+                                        args.inner_lr, args.inner_steps, args.first_order)
+        else:
+            loss, acc = fast_meta_train_step(body, head, optimizer, images.to(device), labels.to(device),
+                                             args.inner_lr, args.inner_steps, args.first_order, speed,
+                                             features_fn)
         row = {"iteration": it, "loss": loss, "accuracy": acc}
         if args.val_every and (it % args.val_every == 0 or it == args.iterations):
             row["val_accuracy"], row["val_ci95"], _ = test(samplers["val"], args.val_tasks)

@@ -326,9 +326,10 @@ def main(argv=None):
         print_table(cfg, results, device)
         print(f"({time.perf_counter() - start:.0f}s)", flush=True)
         report["configs"].append({"config": cfg, "results": results})
+        if args.json:  # after every configuration, so that a run cut short still leaves results
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     return report
 
