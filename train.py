@@ -72,7 +72,7 @@ def parse_args(argv=None):
     # Speed (anil/fast.py): none of these change the math; defaults are the fastest measured.
     p.add_argument("--strategy", choices=["task", "chunk", "vmap", "reference"],
                    help="tasks per head loop and body backward: 1, --chunk-size, or all; 'reference' "
-                        "runs the readable anil.algorithm path (default: chunk on CPU, vmap on GPU)")
+                        "runs the readable anil.algorithm path (default: task on CPU, vmap on GPU)")
     p.add_argument("--chunk-size", type=positive_int, default=4, help="tasks per chunk for --strategy chunk")
     p.add_argument("--batch-body", action=argparse.BooleanOptionalAction, default=None,
                    help="one body call for all tasks of a chunk, per-task batch norm (default: on GPU only)")

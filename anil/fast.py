@@ -11,22 +11,28 @@ where ∂L/∂Z already carries every second-order head term. So a step is
 
     1. Z = f_θ(X)                          body forward (ordinary autograd graph)
     2. Ẑ = stopgrad(Z)                      the head loop sees a detached copy
-    3. ∂L/∂w, ∂L/∂Ẑ = torch.func.grad(L)    differentiable inner loop, vmapped over tasks
+    3. ∂L/∂w, ∂L/∂Ẑ                         differentiable inner loop over a group of tasks
     4. Z.backward(∂L/∂Ẑ)                    one first-order backward through the body
 
 and the body is a plain module again: channels-last, bfloat16 autocast and ``torch.compile``
-apply to it as to a supervised network. The head loop always runs in float32 (or the model's
-dtype), so mixed precision touches only the body.
+apply to it as to a supervised network. The head loop runs in the model's dtype (float32), so
+mixed precision touches only the body. For the linear head, step 3 uses the closed-form inner
+gradient (``linear_head_loop``, batched over tasks, ordinary autograd); any other head uses
+the reference ``adapt_head`` under ``torch.func.vmap`` and ``torch.func.grad``.
 
 Execution strategies over a meta-batch of B tasks (the same meta-gradient, tested):
 
-    task    one task at a time: body on 2NK images, then its backward (least memory)
-    chunk   c tasks at once: the body is vmapped over tasks, so batch norm still uses each
-            task's own statistics (BatchNorm2d(track_running_stats=False) under vmap)
+    task    one task at a time: body on its 2NK images, head loop, backward (least memory:
+            one task's activations alive, as in the reference)
+    chunk   c tasks share one head-loop call and one backward
     vmap    all B tasks at once (chunk with c = B)
 
-Evaluation (``fast_evaluate``) runs the body under ``torch.inference_mode`` on many tasks at
-once and adapts the heads of all of them together with plain (non-differentiable) gradients.
+and, independently, ``batch_body``: run the body once over all tasks of a group, batch norm
+still using each task's own statistics (``batched_features``), instead of once per task. On a
+CPU small per-task batches are faster; on a GPU one large call is.
+
+Evaluation (``fast_evaluate``) runs the body under ``torch.inference_mode`` and adapts the
+heads of many tasks together with plain (non-differentiable) gradients.
 """
 
 from __future__ import annotations
@@ -79,12 +85,12 @@ class Speed:
 
 
 def default_speed(device) -> Speed:
-    """Measured defaults (README "Speed"). CPU: channels-last float32, the body once per task
-    (small batches stay in cache) and the head loops of 4 tasks vmapped together. GPU: all
-    tasks in one body call and one vmapped head loop."""
+    """Measured defaults (README "Speed"). CPU: task by task in channels-last float32 (small
+    batches stay in cache; as fast as chunks here, with the reference's peak memory). GPU: all
+    tasks in one body call and one batched head loop."""
     if torch.device(device).type == "cuda":
         return Speed(strategy="vmap", batch_body=True, channels_last=True)
-    return Speed(strategy="chunk", chunk_size=4, channels_last=True)
+    return Speed(strategy="task", channels_last=True)
 
 
 def _per_task_batch_norm(x: torch.Tensor, tasks: int, norm: nn.BatchNorm2d) -> torch.Tensor:

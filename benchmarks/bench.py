@@ -177,11 +177,14 @@ def build_variants(cfg, device, quick, compile_body):
         return (f"ours {strategy}{' batched' if speed.batch_body else ''} {speed.precision}"
                 f"{' CL' if speed.channels_last else ' NCHW'}")
     chunk = min(4, cfg["meta_batch"])
+    cuda = device.type == "cuda"
     ours = [Speed("task", channels_last=True), Speed("chunk", chunk, channels_last=True),
             Speed("vmap", channels_last=True), Speed("vmap", batch_body=True, channels_last=True),
-            Speed("task", channels_last=False),
-            Speed("chunk", chunk, precision="bfloat16", channels_last=True),
+            Speed("task", channels_last=False), Speed("vmap", batch_body=True, channels_last=False),
+            Speed("task", precision="bfloat16", channels_last=True),
             Speed("vmap", batch_body=True, precision="bfloat16", channels_last=True)]
+    if not cuda:  # without AMX or AVX512-BF16, bfloat16 is emulated and slow: time one variant
+        ours = [s for s in ours if s.precision == "float32" or not s.batch_body]
     for speed in ours:
         variants[label(speed)] = ("train", add_ours(speed))
     if compile_body:
@@ -202,7 +205,7 @@ def build_variants(cfg, device, quick, compile_body):
 
     def add_reference_eval():
         body, head, _ = fresh()
-        def run():
+        def run(eval_tasks=eval_tasks):
             for i in range(eval_tasks):
                 j = i % EVAL_TASKS_PER_CALL
                 reference_accuracy(body, head, eval_images[j], eval_labels[j], alpha, steps)
@@ -213,35 +216,38 @@ def build_variants(cfg, device, quick, compile_body):
         def setup():
             body, head, _ = fresh()
             features_fn = feature_extractor(body, speed)
-            def run():
+            def run(eval_tasks=eval_tasks):
                 for start in range(0, eval_tasks, EVAL_TASKS_PER_CALL):
                     n = min(EVAL_TASKS_PER_CALL, eval_tasks - start)
                     batch_accuracies(body, head, eval_images[:n], eval_labels[:n], alpha, steps,
                                      features_fn=features_fn)
             return run
         return setup
-    for speed in (Speed(channels_last=True), Speed(batch_body=True, channels_last=True),
-                  Speed(batch_body=True, precision="bfloat16", channels_last=True)):
+    eval_speeds = [Speed(channels_last=True), Speed(batch_body=True, channels_last=True),
+                   Speed(batch_body=True, precision="bfloat16", channels_last=True)]
+    for speed in (eval_speeds if cuda else eval_speeds[:1]):
         name = (f"eval {eval_tasks} tasks ours{' batched' if speed.batch_body else ''} "
                 f"{speed.precision} CL")
         variants[name] = ("eval", add_ours_eval(speed))
     return variants
 
 
-def run_config(cfg, device, repeats, compile_body, quick):
+def run_config(cfg, device, repeats, eval_repeats, compile_body, quick):
     variants = build_variants(cfg, device, quick, compile_body)
     results = {name: {"kind": kind, "times": [], "error": None} for name, (kind, _) in variants.items()}
     steps = {}
     for name, (kind, setup) in variants.items():  # setup + warm-up (compilation, allocator, caches)
         try:
             steps[name] = setup()
-            steps[name]()
-            results[name]["peak_bytes"] = peak_memory(steps[name], device)
+            # An evaluation warms up, and has its peak memory measured, on one call's worth of tasks.
+            short = (lambda f=steps[name]: f(EVAL_TASKS_PER_CALL)) if kind == "eval" else steps[name]
+            short()
+            results[name]["peak_bytes"] = peak_memory(short, device)
         except Exception as e:  # noqa: BLE001 - one failing variant must not stop the benchmark
             results[name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-    for _ in range(repeats):  # round-robin, so every variant sees the same machine conditions
+    for repeat in range(repeats):  # round-robin, so every variant sees the same machine conditions
         for name, step in steps.items():
-            if results[name]["error"]:
+            if results[name]["error"] or (results[name]["kind"] == "eval" and repeat >= eval_repeats):
                 continue
             try:
                 results[name]["times"].append(timed(step, device))
@@ -268,7 +274,7 @@ def ratios(results, eval_tasks):
 
 def print_table(cfg, results, device):
     print(f"\n== {cfg['name']}, {cfg['steps']} inner steps, device {device} "
-          f"({cfg['repeats']} timed repeats, median) ==")
+          f"(median of {cfg['repeats']} timed repeats, {cfg['eval_repeats']} for evaluations) ==")
     print(f"{'variant':<40} {'median':>10} {'peak MB':>9} {'/ref':>7} {'/sup':>7}")
     for name, r in results.items():
         if r["error"]:
@@ -286,7 +292,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller meta-batches and fewer repeats (< 1 min on CPU)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, quick 1)")
+    p.add_argument("--eval-repeats", type=int, default=None,
+                   help="timed repeats of the 600-task evaluations (default: --repeats)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd body")
     p.add_argument("--configs", default=None, help="comma-separated indices of configurations to run (default all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -301,7 +309,9 @@ def main(argv=None):
         if args.threads < 1:
             p.error(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
-    repeats = args.repeats or (2 if args.quick else 5)
+    if args.eval_repeats is not None and args.eval_repeats < 1:
+        p.error(f"--eval-repeats must be positive, got {args.eval_repeats}")
+    repeats = args.repeats or (1 if args.quick else 5)
     configs = [dict(c) for c in CONFIGS]
     if args.configs:
         try:
@@ -315,13 +325,14 @@ def main(argv=None):
     report = {"torch": torch.__version__, "machine": machine, "device": args.device,
               "quick": args.quick, "configs": []}
     for cfg in configs:
-        if args.quick and device.type == "cpu":  # quarter of the meta-batch, a tenth of the tasks
-            cfg["meta_batch"] = max(1, cfg["meta_batch"] // 4)
+        if args.quick and device.type == "cpu":  # an eighth of the meta-batch, 16 evaluation tasks
+            cfg["meta_batch"] = max(1, cfg["meta_batch"] // 8)
             cfg["name"] = cfg["name"].split(" B=")[0] + f" B={cfg['meta_batch']} (quick)"
-        cfg["eval_tasks"] = EVAL_TASKS // 10 if args.quick else EVAL_TASKS
+        cfg["eval_tasks"] = 2 * EVAL_TASKS_PER_CALL if args.quick else EVAL_TASKS
         cfg["repeats"] = repeats
+        cfg["eval_repeats"] = min(args.eval_repeats or repeats, repeats)
         start = time.perf_counter()
-        results = run_config(cfg, device, repeats, args.compile, args.quick)
+        results = run_config(cfg, device, repeats, cfg["eval_repeats"], args.compile, args.quick)
         ratios(results, cfg["eval_tasks"])
         print_table(cfg, results, device)
         print(f"({time.perf_counter() - start:.0f}s)", flush=True)
