@@ -37,6 +37,7 @@ from anil.algorithm import meta_train_step
 from anil.checkpoint import CheckpointError
 from anil.data import DatasetError, load_split
 from anil.evaluate import evaluate
+from anil.fast import Speed, default_speed, fast_evaluate, fast_meta_train_step, feature_extractor
 from anil.metrics import MetricsLog, plot_learning_curve
 from anil.model import ConvBody, make_head
 from anil.presets import PRESETS, preset
@@ -94,6 +95,18 @@ def build_parser():
                    help="fixed pool of training tasks (learn2learn's num_tasks); default: a fresh task per draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    # Speed (anil/fast.py): none of these change the math; defaults are the fastest measured.
+    p.add_argument("--strategy", choices=["task", "chunk", "vmap", "reference"],
+                   help="tasks per head loop and body backward: 1, --chunk-size, or all; 'reference' "
+                        "runs the readable anil.algorithm path (default: task on CPU, vmap on GPU)")
+    p.add_argument("--chunk-size", type=positive_int, default=4, help="tasks per chunk for --strategy chunk")
+    p.add_argument("--batch-body", action=argparse.BooleanOptionalAction, default=None,
+                   help="one body call for all tasks of a chunk, per-task batch norm (default: on GPU only)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: autocast of the body (opt-in; changes rounding)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format for the conv body")
+    p.add_argument("--compile", action="store_true", help="torch.compile the body (opt-in)")
     p.add_argument("--eval-tasks", type=positive_int, default=600, help="test tasks for the final result")
     p.add_argument("--val-tasks", type=positive_int, default=100, help="validation tasks per validation")
     p.add_argument("--val-every", type=non_negative_int, default=100, help="validate every V iterations (0: never)")
@@ -146,6 +159,12 @@ def parse_args(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.strategy == "reference" and (args.precision != "float32" or args.compile):
+        p.error("--strategy reference runs the plain float32 path; drop --precision/--compile or pick "
+                "another --strategy")
+    fastest = default_speed(args.device)
+    args.strategy = args.strategy or fastest.strategy
+    args.batch_body = fastest.batch_body if args.batch_body is None else args.batch_body
     return args, resumed
 
 
@@ -257,6 +276,10 @@ def train(args, resumed=None):
     body = ConvBody(channels, height, hidden=args.hidden).to(device)
     head = make_head(body.feature_dim, args.ways).to(device)
     distributed.broadcast_parameters(ctx, [body, head])  # every process starts from rank 0's (θ, w)
+    reference = args.strategy == "reference"
+    speed = Speed("task" if reference else args.strategy, args.chunk_size, args.batch_body,
+                  args.precision, args.channels_last and not reference)
+    features_fn = feature_extractor(body, speed, compile=args.compile)
     optimizer = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=args.outer_lr)
     n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
     print(f"ANIL on {args.dataset}: {args.ways}-way {args.shots}-shot, meta-batch {args.meta_batch}, "
@@ -264,6 +287,11 @@ def train(args, resumed=None):
           f"{'first' if args.first_order else 'second'} order, Adam β={args.outer_lr}, "
           f"{args.iterations} iterations, {n_params:,} parameters, device {device}"
           + (f" × {ctx.world_size} processes" if ctx.distributed else ""), flush=True)
+    print(f"speed: strategy {args.strategy}" + ("" if reference else
+          f"{f' ({args.chunk_size} tasks)' if args.strategy == 'chunk' else ''}, "
+          f"{'batched' if args.batch_body else 'per-task'} body, {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}"),
+          flush=True)
 
     # ------------------------------------------------------------------------ run folder
     out = args.out
@@ -305,8 +333,11 @@ def train(args, resumed=None):
             if ctx.distributed:  # each process scores every P-th task; accuracies gathered in order
                 return distributed.evaluate_sharded(ctx, body, head, sampler, num_tasks,
                                                     args.inner_lr, args.test_inner_steps)
-            return evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps,
-                            device, progress=progress)
+            if reference:
+                return evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps,
+                                device, progress=progress)
+            return fast_evaluate(body, head, sampler, num_tasks, args.inner_lr, args.test_inner_steps,
+                                 device, features_fn=features_fn, progress=progress)
         finally:
             bar.clear()
             body.train(), head.train()
@@ -427,10 +458,16 @@ def train(args, resumed=None):
                 if distributed.any_true(ctx, stop.signum is not None):
                     raise StopRequested(stop.signum or signal.SIGTERM)
                 images, labels = distributed.next_meta_batch(samplers["train"], args.meta_batch, ctx)
-                loss, acc = meta_train_step(body, head, optimizer, images.to(device),
-                                            labels.to(device), args.inner_lr, args.inner_steps,
-                                            args.first_order,
-                                            average=ctx.average if ctx.distributed else None)
+                average = ctx.average if ctx.distributed else None  # gradient all-reduce
+                if reference:
+                    loss, acc = meta_train_step(body, head, optimizer, images.to(device),
+                                                labels.to(device), args.inner_lr, args.inner_steps,
+                                                args.first_order, average=average)
+                else:
+                    loss, acc = fast_meta_train_step(body, head, optimizer, images.to(device),
+                                                     labels.to(device), args.inner_lr,
+                                                     args.inner_steps, args.first_order, speed,
+                                                     features_fn, average=average)
                 iteration += 1
                 window = {"loss": window["loss"] + loss, "accuracy": window["accuracy"] + acc,
                           "count": window["count"] + 1}

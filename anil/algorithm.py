@@ -77,7 +77,15 @@ def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
 
 def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
                     average=None):
-    """One outer step: Adam (or any optimizer over body and head) on the mean query loss.
+    """One outer step: Adam (or any optimizer over body and head) on the mean query loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
+    loss.backward()
+    return outer_step(optimizer, loss, accuracy, average)
+
+
+def outer_step(optimizer, loss, accuracy, average=None):
+    """(θ, w) ← optimizer step on the accumulated ``.grad``; returns (loss, accuracy) as floats.
 
     ``average`` is for data-parallel training (``anil.distributed``): a function that averages a
     list of tensors across processes in place. Each process holds B/P tasks of the meta-batch; the
@@ -85,12 +93,9 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
     between ``backward()`` and ``step()`` makes every process take the same step. The reported
     loss and accuracy are averaged in the same call.
     """
-    optimizer.zero_grad(set_to_none=True)
-    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
-    loss.backward()
-    stats = torch.stack([loss.detach(), accuracy.detach()])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    stats = torch.tensor([float(loss), float(accuracy)], device=params[0].device)
     if average is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         for p in params:  # every process must send the same tensors, even for an unused parameter
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
