@@ -81,7 +81,7 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
     loss.backward()
-    return outer_step(optimizer, loss, accuracy, average)
+    return outer_step(optimizer, loss.detach(), accuracy, average)
 
 
 def outer_step(optimizer, loss, accuracy, average=None):

@@ -17,7 +17,7 @@ def run_train(*args):
 
 def test_fast_default_and_reference_strategy_train_identically(glyph_root, tmp_path):
     common = ["--data-root", str(glyph_root), "--iterations", "3", "--meta-batch", "3",
-              "--eval-tasks", "10", "--val-every", "0"]
+              "--eval-tasks", "10", "--val-every", "0", "--log-every", "1"]
     summaries = {}
     for name, extra in [("fast", []), ("reference", ["--strategy", "reference"]),
                         ("vmap", ["--strategy", "vmap", "--batch-body", "--no-channels-last"])]:

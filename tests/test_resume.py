@@ -262,12 +262,15 @@ def scripted_validation(monkeypatch, accuracies):
 
 SHORT = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4",
          "--val-every", "2", "--log-every", "1"]
+# The tests that replace train.evaluate / train.meta_train_step run the reference path, which
+# calls exactly those functions (the default fast path calls anil.fast's).
+PATCHABLE = [*SHORT, "--strategy", "reference"]
 
 
 def test_model_selection_keeps_the_iteration_with_the_highest_validation_accuracy(
         glyph_root, tmp_path, monkeypatch, capsys, one_thread):
     scripted_validation(monkeypatch, [0.3, 0.7, 0.5, 0.7, 0.6])  # iterations 2, 4, 6, 8, 10
-    code, out, err = in_process(["--data-root", glyph_root, *SHORT, "--iterations", "10",
+    code, out, err = in_process(["--data-root", glyph_root, *PATCHABLE, "--iterations", "10",
                                  "--out", tmp_path / "a"], capsys)
     assert code == 0, err
     best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
@@ -275,7 +278,7 @@ def test_model_selection_keeps_the_iteration_with_the_highest_validation_accurac
     assert "best validation 70.00% at iteration 4" in out
     # best.pt holds the weights after iteration 4: those a 4-iteration run ends with.
     monkeypatch.undo()
-    code, _, err = in_process(["--data-root", glyph_root, *SHORT, "--iterations", "4",
+    code, _, err = in_process(["--data-root", glyph_root, *PATCHABLE, "--iterations", "4",
                                "--out", tmp_path / "b"], capsys)
     assert code == 0, err
     last = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
@@ -287,7 +290,7 @@ def test_model_selection_keeps_the_iteration_with_the_highest_validation_accurac
 
 def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monkeypatch, capsys,
                                                      one_thread):
-    args = ["--data-root", glyph_root, *SHORT, "--iterations", "8", "--checkpoint-every", "3"]
+    args = ["--data-root", glyph_root, *PATCHABLE, "--iterations", "8", "--checkpoint-every", "3"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
     # SIGTERM arrives in the middle of the validation of iteration 6.
@@ -323,7 +326,7 @@ class Killed(BaseException):
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, monkeypatch, capsys,
                                                        one_thread):
-    args = ["--data-root", glyph_root, *SHORT, "--iterations", "10", "--checkpoint-every", "4"]
+    args = ["--data-root", glyph_root, *PATCHABLE, "--iterations", "10", "--checkpoint-every", "4"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
     real, steps = train.meta_train_step, []
