@@ -1,6 +1,6 @@
 """Meta-train ANIL on a few-shot dataset, validate along the way, and meta-test at the end.
 
-    python train.py                                   # built-in glyphs, 5-way 1-shot, ~5 min on CPU
+    python train.py                                   # built-in glyphs, 5-way 1-shot, ~2 min on CPU
     python train.py --ways 20 --shots 5 --iterations 2000 --device cuda
     python train.py --resume runs/glyphs-5w1s         # continue an interrupted run, bit for bit
     torchrun --nproc_per_node=4 train.py --meta-batch 32 --device cuda   # data-parallel, 4 GPUs

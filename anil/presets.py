@@ -19,7 +19,7 @@ _CIFAR = dict(  # learn2learn anil_fc100.py: 5-way 5-shot, meta-batch 32, α=0.1
 
 PRESETS = {
     # The built-in procedural dataset (data_prep/glyphs.py): sized so that `python train.py`
-    # finishes in about five minutes on two CPU cores.
+    # finishes in about two minutes on two CPU cores (at most about five).
     "glyphs": dict(
         ways=5, shots=1, image_size=28, channels=1, hidden=64, meta_batch=8,
         inner_lr=0.5, inner_steps=5, test_inner_steps=10, outer_lr=3e-3, iterations=600,
