@@ -22,12 +22,12 @@ import torch
 
 from anil import checkpoint
 from anil.checkpoint import CheckpointError
+from anil.cli import dataset_path, fail, non_negative_int, positive_float, positive_int
 from anil.data import DatasetError, load_split
-from anil.evaluate import evaluate
+from anil.fast import fast_evaluate
 from anil.model import ConvBody, make_head
 from anil.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
-from train import fail, load_dataset, non_negative_int, positive_float, positive_int
 
 WEIGHT_FILES = {"best": "best.pt", "last": "checkpoint.pt"}
 
@@ -74,7 +74,7 @@ def main(argv=None):
     device = torch.device(args.device)
 
     try:
-        path = load_dataset(config)
+        path = dataset_path(config.dataset, config.data_root)
         split = load_split(path, args.split)
         sampler = TaskSampler(split, config.ways, config.shots, seed=split_seed(config.seed, args.split),
                               rotate=config.rotate)
@@ -99,8 +99,8 @@ def main(argv=None):
     bar = Progress(config.eval_tasks, args.split)
     start = time.perf_counter()
     try:
-        mean, ci, _ = evaluate(body, head, sampler, config.eval_tasks, config.inner_lr,
-                               config.test_inner_steps, device, progress=lambda d, t: bar.update(d))
+        mean, ci, _ = fast_evaluate(body, head, sampler, config.eval_tasks, config.inner_lr,
+                                    config.test_inner_steps, device, progress=lambda d, t: bar.update(d))
     except KeyboardInterrupt:
         bar.clear()
         print("\ninterrupted; nothing to save", file=sys.stderr)

@@ -167,7 +167,7 @@ def main(argv=None):
     fresh_head = make_head(fresh.feature_dim, config["ways"]).to(device)
     cka, control = similarity_by_layer(body, head, test, args.tasks, alpha, steps, adapted,
                                        (fresh, fresh_head), device)
-    print(f"\nlayer    CKA before vs after inner loop   control: trained vs untrained network")
+    print("\nlayer    CKA before vs after inner loop   control: trained vs untrained network")
     for layer in cka:
         (m, c), (cm, cc) = cka[layer], control[layer]
         print(f"{layer:<8} {m:16.3f} ± {c:.3f}           {cm:16.3f} ± {cc:.3f}")

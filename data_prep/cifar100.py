@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from anil.data import write_prepared
 
 from .common import PrepError, download, safe_extract, safe_load_pickle, verify_md5
 
@@ -143,3 +146,22 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
                        f"{FOLDER} folder (default: <root>/raw)")
     group.add_argument("--download", action="store_true",
                        help=f"download {ARCHIVE} into <root>/raw (md5 checked; kept for next time)")
+
+
+def write_and_report(root: Path, name: str, splits: dict, counts: dict, meta: dict) -> Path:
+    """Write the prepared dataset and print one line of what it holds."""
+    path = write_prepared(root, name, splits, meta)
+    print(f"wrote {path}: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + " images of 32x32x3")
+    return path
+
+
+def command(prepare, description: str):
+    """The ``main(argv)`` of a CIFAR-100-based preparation module: --root, --source/--download."""
+    def main(argv=None):
+        parser = argparse.ArgumentParser(description=description)
+        add_source_args(parser)
+        args = parser.parse_args(argv)
+        start = time.perf_counter()
+        prepare(args.root, args.source, args.download)
+        print(f"done in {time.perf_counter() - start:.1f}s")
+    return main

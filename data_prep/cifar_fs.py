@@ -11,12 +11,8 @@ them to [0, 1], which the sampler does.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
-
-from anil.data import write_prepared
 
 from . import cifar100
 from .common import check_disjoint, read_list, run_cli
@@ -41,18 +37,10 @@ def prepare(root: Path, source: Path | None = None, fetch: bool = False) -> Path
         counts[split] = f"{len(names)} classes x {per_class[0]}"
     meta = {"source": f"CIFAR-100 ({data.source})",
             "split": "Bertinetto et al. 2019 (CIFAR-FS), data_prep/splits/cifar_fs_*.txt"}
-    path = write_prepared(root, NAME, splits, meta)
-    print(f"wrote {path}: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + " images of 32x32x3")
-    return path
+    return cifar100.write_and_report(root, NAME, splits, counts, meta)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cifar100.add_source_args(parser)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    prepare(args.root, args.source, args.download)
-    print(f"done in {time.perf_counter() - start:.1f}s")
+main = cifar100.command(prepare, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -14,14 +14,10 @@ against them. Classes are fine classes, ordered by superclass. Images are only s
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-
-from anil.data import write_prepared
 
 from . import cifar100
 from .common import PrepError, check_disjoint, read_list, run_cli
@@ -70,18 +66,10 @@ def prepare(root: Path, source: Path | None = None, fetch: bool = False) -> Path
     meta = {"source": f"CIFAR-100 ({data.source})",
             "split": "Oreshkin et al. 2018 (FC100), data_prep/splits/fc100_*.txt",
             "superclasses": {s: [r[1] for r in rows] for s, rows in superclasses.items()}}
-    path = write_prepared(root, NAME, splits, meta)
-    print(f"wrote {path}: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + " images of 32x32x3")
-    return path
+    return cifar100.write_and_report(root, NAME, splits, counts, meta)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cifar100.add_source_args(parser)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    prepare(args.root, args.source, args.download)
-    print(f"done in {time.perf_counter() - start:.1f}s")
+main = cifar100.command(prepare, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

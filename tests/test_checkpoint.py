@@ -1,7 +1,6 @@
 """anil.checkpoint, anil.metrics and anil.progress in-process: atomic writes, safe loading,
 random states, configuration and dataset identity, the metrics log and its plot."""
 
-import collections
 import json
 import os
 import random

@@ -157,7 +157,7 @@ def test_two_processes_train_like_one(runs):
 
 def test_sharded_evaluation_equals_single_process_evaluation(runs):
     """7 tasks over 2 ranks (4 + 3): every task exactly once, in task order, same mean and CI."""
-    r0, r1, single = runs["rank0"], runs["rank1"], runs["single"]
+    r0, r1 = runs["rank0"], runs["rank1"]
     assert r0["sharded"] == r1["sharded"]
     mean, ci, accuracies = r0["sharded"]
     assert len(accuracies) == EVAL_TASKS and not np.isnan(accuracies).any()

@@ -59,7 +59,7 @@ def test_reproducible_from_seed_and_different_across_seeds():
     a, b = TaskSampler(split, 5, 2, seed=3), TaskSampler(split, 5, 2, seed=3)
     c = TaskSampler(split, 5, 2, seed=4)
     for _ in range(5):
-        ta, tb, tc = a.next(), b.next(), c.next()
+        ta, tb, _ = a.next(), b.next(), c.next()
         assert torch.equal(ta.images, tb.images) and torch.equal(ta.labels, tb.labels)
     assert not torch.equal(a.task(0).images, c.task(0).images)
     assert not torch.equal(a.task(0).images, a.task(1).images)
