@@ -35,13 +35,13 @@ import torch
 from anil import checkpoint, distributed
 from anil.algorithm import meta_train_step
 from anil.checkpoint import CheckpointError
-from anil.cli import dataset_path, fail, non_negative_int, positive_float, positive_int
+from anil.cli import add_task_options, dataset_path, fail, non_negative_int, positive_float, positive_int
 from anil.data import DatasetError, load_split
 from anil.evaluate import evaluate
 from anil.fast import Speed, default_speed, fast_evaluate, fast_meta_train_step, feature_extractor
 from anil.metrics import MetricsLog, plot_learning_curve
 from anil.model import ConvBody, make_head
-from anil.presets import PRESETS, preset
+from anil.presets import preset
 from anil.progress import Abandoned, GracefulStop, Progress, StopRequested, eta, format_seconds
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
@@ -58,19 +58,7 @@ PATHS = {"data_root", "out"}
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
-                   help="dataset; its preset sets every default marked 'preset'")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder of prepared datasets")
-    p.add_argument("--ways", type=positive_int, help="N classes per task (preset)")
-    p.add_argument("--shots", type=positive_int, help="K support (and K query) images per class (preset)")
-    p.add_argument("--meta-batch", type=positive_int, help="tasks per outer step (preset)")
-    p.add_argument("--inner-lr", type=positive_float, help="inner step size α (preset)")
-    p.add_argument("--inner-steps", type=non_negative_int, help="inner steps while training (preset)")
-    p.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps at val/test (preset)")
-    p.add_argument("--outer-lr", type=positive_float, help="Adam learning rate β (preset)")
-    p.add_argument("--iterations", type=non_negative_int, help="outer steps (preset)")
-    p.add_argument("--first-order", action="store_true", help="first-order ANIL (no Hessian terms)")
-    p.add_argument("--hidden", type=positive_int, help="conv filters per block (preset)")
+    add_task_options(p)
     p.add_argument("--num-tasks", type=positive_int, default=None,
                    help="fixed pool of training tasks (learn2learn's num_tasks); default: a fresh task per draw")
     p.add_argument("--seed", type=int, default=0)

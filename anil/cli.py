@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .presets import preset
+from .presets import PRESETS, preset
 
 
 def positive_int(text):
@@ -38,6 +38,24 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def add_task_options(p: argparse.ArgumentParser, iterations_type=None) -> None:
+    """The dataset and meta-learning options shared by train.py and ``anil.compare``. Those marked
+    (preset) default to None and are filled in from the dataset's preset after parsing."""
+    p.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
+                   help="dataset; its preset sets every default marked 'preset'")
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder of prepared datasets")
+    p.add_argument("--ways", type=positive_int, help="N classes per task (preset)")
+    p.add_argument("--shots", type=positive_int, help="K support (and K query) images per class (preset)")
+    p.add_argument("--meta-batch", type=positive_int, help="tasks per outer step (preset)")
+    p.add_argument("--inner-lr", type=positive_float, help="inner step size α (preset)")
+    p.add_argument("--inner-steps", type=non_negative_int, help="inner steps while training (preset)")
+    p.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps at val/test (preset)")
+    p.add_argument("--outer-lr", type=positive_float, help="Adam learning rate β (preset)")
+    p.add_argument("--iterations", type=iterations_type or non_negative_int, help="outer steps (preset)")
+    p.add_argument("--first-order", action="store_true", help="first-order (no Hessian terms)")
+    p.add_argument("--hidden", type=positive_int, help="conv filters per block (preset)")
 
 
 def fail(message: str):

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from . import algorithm, evaluate as anil_eval, maml, nil
-from .cli import dataset_path, fail, non_negative_int, positive_float, positive_int
+from .cli import add_task_options, dataset_path, fail, positive_int
 from .data import DatasetError, load_split
 from .model import ConvBody, make_head
 from .plot import bar_chart
-from .presets import PRESETS, preset
+from .presets import preset
 from .sampler import SamplerError, TaskSampler
 
 # Second-order MAML costs ~10-15x an ANIL step on a CPU (see README), so the built-in dataset's
@@ -37,18 +37,7 @@ QUICK = {"glyphs": dict(hidden=32, meta_batch=4, iterations=200)}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m anil.compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS))
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder of prepared datasets")
-    p.add_argument("--ways", type=positive_int, help="N classes per task (preset)")
-    p.add_argument("--shots", type=positive_int, help="K support (and K query) images per class (preset)")
-    p.add_argument("--meta-batch", type=positive_int, help="tasks per outer step (preset)")
-    p.add_argument("--inner-lr", type=positive_float, help="inner step size α, both methods (preset)")
-    p.add_argument("--inner-steps", type=non_negative_int, help="inner steps while training (preset)")
-    p.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps at test (preset)")
-    p.add_argument("--outer-lr", type=positive_float, help="Adam learning rate β (preset)")
-    p.add_argument("--iterations", type=positive_int, help="outer steps of each method (preset)")
-    p.add_argument("--hidden", type=positive_int, help="conv filters per block (preset)")
-    p.add_argument("--first-order", action="store_true", help="first-order ANIL and MAML")
+    add_task_options(p, iterations_type=positive_int)  # both methods get the same settings
     p.add_argument("--seed", type=int, default=0, help="seed for the shared initial weights and tasks")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--eval-tasks", type=positive_int, default=300, help="test tasks per method")

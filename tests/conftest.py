@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from data_prep import glyphs
 
@@ -9,3 +10,12 @@ def glyph_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     glyphs.ensure(root, verbose=False)
     return root
+
+
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for the test (finite differences need it), restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

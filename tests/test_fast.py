@@ -62,12 +62,7 @@ def reference_gradients(body, head, images, labels, alpha, steps, first_order):
     return gradients(body, head)
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("first_order", [False, True])

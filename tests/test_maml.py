@@ -9,12 +9,7 @@ from anil.evaluate import task_accuracy as anil_task_accuracy
 from test_math import central_differences, flat_params, small_problem
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("steps,first_order", [(1, False), (3, False), (3, True)])

@@ -10,12 +10,7 @@ from anil.model import ConvBody, make_head
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def small_problem(seed=0, ways=3, shots=2, tasks=2):
