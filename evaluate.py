@@ -22,7 +22,7 @@ import torch
 
 from anil import checkpoint
 from anil.checkpoint import CheckpointError
-from anil.cli import dataset_path, fail, non_negative_int, positive_float, positive_int
+from anil.cli import dataset_path, fail, non_negative_int, positive_float, positive_int, resolve_device
 from anil.data import DatasetError, load_split
 from anil.fast import fast_evaluate
 from anil.model import ConvBody, make_head
@@ -67,10 +67,7 @@ def main(argv=None):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     config.data_root = Path(config.data_root)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available here; use --device cpu")
+    args.device = resolve_device(args.device)
     device = torch.device(args.device)
 
     try:

@@ -35,7 +35,8 @@ import torch
 from anil import checkpoint, distributed
 from anil.algorithm import meta_train_step
 from anil.checkpoint import CheckpointError
-from anil.cli import add_task_options, dataset_path, fail, non_negative_int, positive_float, positive_int
+from anil.cli import (add_task_options, dataset_path, fail, non_negative_int, positive_float,
+                      positive_int, resolve_device)
 from anil.data import DatasetError, load_split
 from anil.evaluate import evaluate
 from anil.fast import Speed, default_speed, fast_evaluate, fast_meta_train_step, feature_extractor
@@ -123,10 +124,7 @@ def parse_args(argv=None):
         resumed = resume_settings(p, args, argv)
     if args.out is None:
         args.out = Path("runs") / f"{args.dataset}-{args.ways}w{args.shots}s"
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    args.device = resolve_device(args.device)
     if args.strategy == "reference" and (args.precision != "float32" or args.compile):
         p.error("--strategy reference runs the plain float32 path; drop --precision/--compile or pick "
                 "another --strategy")

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from .presets import PRESETS, preset
 
 
@@ -56,6 +58,15 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None) -> None:
     p.add_argument("--iterations", type=iterations_type or non_negative_int, help="outer steps (preset)")
     p.add_argument("--first-order", action="store_true", help="first-order (no Hessian terms)")
     p.add_argument("--hidden", type=positive_int, help="conv filters per block (preset)")
+
+
+def resolve_device(choice: str) -> str:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a one-line error."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available here; use --device cpu")
+    return choice
 
 
 def fail(message: str):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import algorithm, evaluate as anil_eval, maml, nil
-from .cli import add_task_options, dataset_path, fail, positive_int
+from .cli import add_task_options, dataset_path, fail, positive_int, resolve_device
 from .data import DatasetError, load_split
 from .model import ConvBody, make_head
 from .plot import bar_chart
@@ -50,10 +50,7 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.out is None:
         args.out = Path("runs") / f"compare-{args.dataset}-{args.ways}w{args.shots}s"
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    args.device = resolve_device(args.device)
     return args
 
 
