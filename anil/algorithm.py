@@ -87,7 +87,7 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
 def outer_step(optimizer, loss, accuracy, average=None):
     """(θ, w) ← optimizer step on the accumulated ``.grad``; returns (loss, accuracy) as floats.
 
-    ``average`` is for data-parallel training (``anil.distributed``): a function that averages a
+    ``average`` is for data-parallel training (``anil.run.distributed``): a function that averages a
     list of tensors across processes in place. Each process holds B/P tasks of the meta-batch; the
     mean of their gradients is the gradient of the whole meta-batch's mean loss, so averaging
     between ``backward()`` and ``step()`` makes every process take the same step. The reported

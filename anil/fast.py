@@ -47,7 +47,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .algorithm import adapt_head, outer_step
-from .evaluate import mean_ci95
+from .evaluation import mean_ci95
 from .model import ConvBody
 
 STRATEGIES = ("task", "chunk", "vmap")
@@ -306,7 +306,7 @@ def batch_accuracies(body, head, images, labels, step_size: float, steps: int,
 def fast_evaluate(body, head, sampler, num_tasks: int, step_size: float, steps: int,
                   device="cpu", speed: Speed | None = None, tasks_per_call: int = 8,
                   features_fn=None, progress=None):
-    """``anil.evaluate.evaluate`` on the fast path: the same tasks 0..num_tasks-1, the same
+    """``anil.evaluation.evaluate`` on the fast path: the same tasks 0..num_tasks-1, the same
     accuracies (tested), ``tasks_per_call`` tasks at a time. Returns (mean, ci95, list).
     ``progress(done, total)``, if given, is called after each group of tasks."""
     features_fn = features_fn or feature_extractor(body, speed or default_speed(device))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from anil.cka import linear_cka
-from anil.nil import nil_probabilities, task_accuracy
+from anil.paper.cka import linear_cka
+from anil.paper.nil import nil_probabilities, task_accuracy
 
 
 # ------------------------------------------------------------------------------ linear CKA
@@ -123,8 +123,8 @@ def test_nil_is_at_chance_on_random_labels():
 # ------------------------------------------------------------------- per-layer representations
 
 def test_layer_outputs_are_the_network_layer_by_layer():
-    from anil import maml
-    from anil.analysis import layer_outputs
+    from anil.paper import maml
+    from anil.paper.analysis import layer_outputs
     from anil.model import ConvBody, make_head
     torch.manual_seed(7)
     body, x = ConvBody(1, 16, hidden=3), torch.randn(6, 1, 16, 16)

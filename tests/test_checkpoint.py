@@ -1,4 +1,4 @@
-"""anil.checkpoint, anil.metrics and anil.progress in-process: atomic writes, safe loading,
+"""anil.run.checkpoint, anil.run.metrics and anil.run.progress in-process: atomic writes, safe loading,
 random states, configuration and dataset identity, the metrics log and its plot."""
 
 import json
@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from anil import checkpoint
-from anil.checkpoint import CheckpointError
-from anil.metrics import MetricsLog, best_validation, plot_learning_curve, read_metrics
-from anil.progress import GracefulStop, Progress, StopRequested, format_seconds
+from anil.run import checkpoint
+from anil.run.checkpoint import CheckpointError
+from anil.run.metrics import MetricsLog, best_validation, plot_learning_curve, read_metrics
+from anil.run.progress import GracefulStop, Progress, StopRequested, format_seconds
 
 
 def payload(value=1.0):
@@ -193,7 +193,7 @@ def test_learning_curve_is_a_png(tmp_path):
 
 
 def test_first_signal_is_a_flag_and_second_abandons():
-    from anil.progress import Abandoned
+    from anil.run.progress import Abandoned
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with GracefulStop() as stop:
         stop.check()  # nothing yet

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from anil import distributed
+from anil.run import distributed
 from anil.algorithm import meta_train_step
 from anil.data import ClassSplit
-from anil.evaluate import evaluate
+from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.sampler import TaskSampler
 
@@ -162,7 +162,7 @@ def test_sharded_evaluation_equals_single_process_evaluation(runs):
     mean, ci, accuracies = r0["sharded"]
     assert len(accuracies) == EVAL_TASKS and not np.isnan(accuracies).any()
     torch.set_default_dtype(torch.float64)
-    try:  # single-process anil.evaluate.evaluate, with rank 0's trained weights
+    try:  # single-process anil.evaluation.evaluate, with rank 0's trained weights
         _, body, head = tiny_problem()
         body.float(), head.float()
         body.load_state_dict(r0["body"])

@@ -1,4 +1,4 @@
-"""The fast path (anil.fast) against the reference (anil.algorithm, anil.evaluate).
+"""The fast path (anil.fast) against the reference (anil.algorithm, anil.evaluation).
 
 Every strategy, memory format and head-loop implementation must give the reference
 meta-gradient in float64 to ~1e-10, and evaluation must give the same accuracies.
@@ -11,7 +11,7 @@ from torch.func import vmap
 
 from anil.algorithm import meta_loss, meta_train_step
 from anil.data import load_split
-from anil.evaluate import evaluate, task_accuracy
+from anil.evaluation import evaluate, task_accuracy
 from anil.fast import (Speed, batch_accuracies, batched_features, default_speed, fast_evaluate,
                        fast_meta_loss_backward, fast_meta_train_step, feature_extractor,
                        head_gradients, head_gradients_func)

@@ -4,7 +4,7 @@ import torch
 
 from anil.algorithm import meta_train_step
 from anil.data import load_split
-from anil.evaluate import evaluate
+from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.sampler import TaskSampler
 

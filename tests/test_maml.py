@@ -1,11 +1,12 @@
-"""MAML (anil.maml) against ANIL (anil.algorithm) and finite differences, in float64."""
+"""MAML (anil.paper.maml) against ANIL (anil.algorithm) and finite differences, in float64."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from anil import algorithm, maml
-from anil.evaluate import task_accuracy as anil_task_accuracy
+from anil import algorithm
+from anil.paper import maml
+from anil.evaluation import task_accuracy as anil_task_accuracy
 from test_math import central_differences, flat_params, small_problem
 
 

@@ -1,4 +1,4 @@
-"""The paper-reproduction commands: python -m anil.compare and python -m anil.analysis."""
+"""The paper-reproduction commands: python -m anil.paper.compare and python -m anil.paper.analysis."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anil import analysis, compare
+from anil.paper import analysis, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread: tiny tensors gain nothing from more, and a busy machine makes them much slower.
@@ -24,7 +24,7 @@ def run(module, *args):
 @pytest.fixture(scope="module")
 def compared(glyph_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    r = run("anil.compare", "--data-root", str(glyph_root), "--iterations", "2", "--meta-batch", "2",
+    r = run("anil.paper.compare", "--data-root", str(glyph_root), "--iterations", "2", "--meta-batch", "2",
             "--hidden", "4", "--inner-steps", "1", "--test-inner-steps", "2", "--eval-tasks", "4",
             "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -83,17 +83,17 @@ def test_analysis_of_an_anil_model_finds_the_body_unchanged(compared, glyph_root
 
 
 @pytest.mark.parametrize("module,args,message", [
-    ("anil.compare", ["--ways", "0"], "--ways: must be a positive integer"),
-    ("anil.compare", ["--inner-lr", "nan"], "--inner-lr: must be a positive number"),
-    ("anil.compare", ["--iterations", "lots"], "--iterations: must be a positive integer"),
-    ("anil.compare", ["--dataset", "imagenet-22k"], "invalid choice: 'imagenet-22k'"),
-    ("anil.analysis", ["--tasks", "-3"], "--tasks: must be a positive integer"),
-    ("anil.analysis", ["--checkpoint", "no/such/model.pt"], "error: no checkpoint at no/such/model.pt"),
+    ("anil.paper.compare", ["--ways", "0"], "--ways: must be a positive integer"),
+    ("anil.paper.compare", ["--inner-lr", "nan"], "--inner-lr: must be a positive number"),
+    ("anil.paper.compare", ["--iterations", "lots"], "--iterations: must be a positive integer"),
+    ("anil.paper.compare", ["--dataset", "imagenet-22k"], "invalid choice: 'imagenet-22k'"),
+    ("anil.paper.analysis", ["--tasks", "-3"], "--tasks: must be a positive integer"),
+    ("anil.paper.analysis", ["--checkpoint", "no/such/model.pt"], "error: no checkpoint at no/such/model.pt"),
 ])
 def test_bad_values_get_one_line(module, args, message, capsys):
     """In-process: the same argparse/fail() path as the command line, without a new interpreter."""
     with pytest.raises(SystemExit) as stop:
-        {"anil.compare": compare, "anil.analysis": analysis}[module].main(args)
+        {"anil.paper.compare": compare, "anil.paper.analysis": analysis}[module].main(args)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 

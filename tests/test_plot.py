@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from anil.plot import COLOURS, bar_chart, line_chart
+from anil.run.plot import COLOURS, bar_chart, line_chart
 
 
 def test_line_chart_is_a_png_with_each_series_drawn(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from anil.data import load_split, read_meta
-from anil.presets import preset
+from anil.run.presets import preset
 from anil.sampler import TaskSampler
 from data_prep import common, omniglot
 from prep_fixtures import make_omniglot, omniglot_png

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from anil.presets import PRESETS
+from anil.run.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,7 @@ KEYS = ("ways", "shots", "image_size", "channels", "hidden", "meta_batch", "inne
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from anil import train as module
     return module
 
 

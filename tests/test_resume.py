@@ -20,13 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-from anil.evaluate import evaluate
-from anil.metrics import best_validation, read_metrics
+from anil.evaluation import evaluate
+from anil.run.metrics import best_validation, read_metrics
 from anil.sampler import split_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (the script, imported for in-process runs)
+from anil import train  # noqa: E402  (the script, imported for in-process runs)
 
 ITERATIONS, LOG_EVERY, VAL_EVERY = 40, 3, 5
 TINY = ["--iterations", str(ITERATIONS), "--meta-batch", "2", "--hidden", "8", "--eval-tasks", "8",

@@ -12,7 +12,7 @@ the processes of a resumed run.
 
 Draw (or redraw, while the run is going) its learning curve::
 
-    python -m anil.metrics runs/glyphs-5w1s          # writes runs/glyphs-5w1s/curve.png
+    python -m anil.run.metrics runs/glyphs-5w1s          # writes runs/glyphs-5w1s/curve.png
 """
 
 from __future__ import annotations

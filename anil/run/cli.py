@@ -1,4 +1,4 @@
-"""Small helpers shared by the command-line tools (``anil.compare``, ``anil.analysis``): argument
+"""Small helpers shared by the command-line tools (``anil.paper.compare``, ``anil.paper.analysis``): argument
 types that reject bad values with one line, and opening a prepared dataset."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def positive_float(text):
 
 
 def add_task_options(p: argparse.ArgumentParser, iterations_type=None) -> None:
-    """The dataset and meta-learning options shared by train.py and ``anil.compare``. Those marked
+    """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``. Those marked
     (preset) default to None and are filled in from the dataset's preset after parsing."""
     p.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
                    help="dataset; its preset sets every default marked 'preset'")

@@ -2,12 +2,12 @@
 test accuracy ± 95% CI for ANIL, MAML and NIL (the head dropped, on each trained body and on the
 untrained one), and the time per training iteration and per test task, with MAML/ANIL ratios.
 
-    python -m anil.compare                                   # built-in glyphs, minutes on a CPU
-    python -m anil.compare --dataset omniglot --iterations 5000 --device cuda
+    python -m anil.paper.compare                                   # built-in glyphs, minutes on a CPU
+    python -m anil.paper.compare --dataset omniglot --iterations 5000 --device cuda
 
 Both models start from the same initial weights and see the same training tasks in the same
 order; they are tested on the same test tasks. Outputs in --out: anil.pt and maml.pt (weights and
-config; ``python -m anil.analysis`` reads them), summary.json, and compare.png (accuracy bars).
+config; ``python -m anil.paper.analysis`` reads them), summary.json, and compare.png (accuracy bars).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from . import algorithm, evaluate as anil_eval, maml, nil
-from .cli import add_task_options, dataset_path, fail, positive_int, resolve_device
-from .data import DatasetError, load_split
-from .model import ConvBody, make_head
-from .plot import bar_chart
-from .presets import preset
-from .sampler import SamplerError, TaskSampler
+from anil import algorithm, evaluation
+from anil.paper import maml, nil
+from anil.run.cli import add_task_options, dataset_path, fail, positive_int, resolve_device
+from anil.data import DatasetError, load_split
+from anil.model import ConvBody, make_head
+from anil.run.plot import bar_chart
+from anil.run.presets import preset
+from anil.sampler import SamplerError, TaskSampler
 
 # Second-order MAML costs ~10-15x an ANIL step on a CPU (see README), so the built-in dataset's
 # comparison uses a smaller budget than train.py: 32 filters, 4 tasks per step, 200 steps.
@@ -35,7 +36,7 @@ QUICK = {"glyphs": dict(hidden=32, meta_batch=4, iterations=200)}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m anil.compare", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m anil.paper.compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_task_options(p, iterations_type=positive_int)  # both methods get the same settings
     p.add_argument("--seed", type=int, default=0, help="seed for the shared initial weights and tasks")
@@ -127,7 +128,7 @@ def main(argv=None):
     # ------------------------------------------------------------------------- meta-test
     alpha, steps, n = args.inner_lr, args.test_inner_steps, args.eval_tasks
     tests = {
-        "ANIL": ("ANIL", lambda b, h: anil_eval.evaluate(b, h, test, n, alpha, steps, device)),
+        "ANIL": ("ANIL", lambda b, h: evaluation.evaluate(b, h, test, n, alpha, steps, device)),
         "MAML": ("MAML", lambda b, h: maml.evaluate(b, h, test, n, alpha, steps, device)),
         "NIL (ANIL body)": ("ANIL", lambda b, h: nil.evaluate(b, test, n, device)),
         "NIL (MAML body)": ("MAML", lambda b, h: nil.evaluate(b, test, n, device)),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from .evaluate import mean_ci95
+from anil.evaluation import mean_ci95
 
 Params = dict[str, torch.Tensor]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .evaluate import mean_ci95
+from anil.evaluation import mean_ci95
 
 
 def nil_probabilities(support_features: torch.Tensor, support_labels: torch.Tensor,

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .evaluate import mean_ci95, task_accuracy
+from anil.evaluation import mean_ci95, task_accuracy
 
 
 class DistributedError(RuntimeError):
@@ -220,7 +220,7 @@ def gather_task_values(ctx: Context, mine, num_tasks: int) -> list[float]:
 
 def evaluate_sharded(ctx: Context, body, head, sampler, num_tasks: int, step_size: float,
                      steps: int):
-    """``anil.evaluate.evaluate`` with the tasks split across processes: the same tasks, the
+    """``anil.evaluation.evaluate`` with the tasks split across processes: the same tasks, the
     same (mean, ci95, per-task accuracies) on every process."""
     mine = [task_accuracy(body, head, task.images.to(ctx.device), task.labels.to(ctx.device),
                           step_size, steps)

@@ -1,8 +1,8 @@
 """The paper's analyses of a trained model: freezing layers at test time (Table 1) and the
 representation similarity before and after the inner loop (§3.2, Figures 2-3).
 
-    python -m anil.analysis                                  # the MAML model of anil.compare
-    python -m anil.analysis --checkpoint runs/glyphs-5w1s/model.pt   # any ANIL/MAML checkpoint
+    python -m anil.paper.analysis                                  # the MAML model of anil.paper.compare
+    python -m anil.paper.analysis --checkpoint runs/glyphs-5w1s/model.pt   # any ANIL/MAML checkpoint
 
 Freezing: the model adapts only the layers after the frozen ones at test time (conv1..conv4 are
 the body's blocks; freezing all of them leaves the head, i.e. ANIL-style adaptation).
@@ -10,7 +10,7 @@ the body's blocks; freezing all of them leaves the head, i.e. ANIL-style adaptat
 Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(S) the network
 after the inner loop on the task's support set (MAML adapts every layer, ANIL the head only).
 Both run on the task's 2NK images and each layer's outputs are compared by linear CKA
-(``anil.cka``), averaged over tasks. A control row compares the trained network with a freshly
+(``anil.paper.cka``), averaged over tasks. A control row compares the trained network with a freshly
 initialised one on the same images, to show what "dissimilar" looks like at this sample size.
 The paper's finding: body layers near 1 (feature reuse), the head far lower.
 """
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from . import maml
-from .cka import linear_cka
-from .cli import dataset_path, fail, positive_int
-from .data import DatasetError, load_split
-from .evaluate import mean_ci95
-from .model import ConvBody, make_head
-from .plot import bar_chart
-from .sampler import SamplerError, TaskSampler
+from anil.paper import maml
+from anil.paper.cka import linear_cka
+from anil.run.cli import dataset_path, fail, positive_int
+from anil.data import DatasetError, load_split
+from anil.evaluation import mean_ci95
+from anil.model import ConvBody, make_head
+from anil.run.plot import bar_chart
+from anil.sampler import SamplerError, TaskSampler
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
 
@@ -94,8 +94,8 @@ def similarity_by_layer(body, head, sampler, num_tasks, step_size, steps, adapte
 
 def load_checkpoint(path: Path):
     if not path.is_file():
-        hint = ("run `python -m anil.compare` first" if path == DEFAULT_CHECKPOINT
-                else "check the path (python -m anil.compare writes anil.pt and maml.pt; train.py writes model.pt)")
+        hint = ("run `python -m anil.paper.compare` first" if path == DEFAULT_CHECKPOINT
+                else "check the path (python -m anil.paper.compare writes anil.pt and maml.pt; train.py writes model.pt)")
         fail(f"no checkpoint at {path}; {hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -107,10 +107,10 @@ def load_checkpoint(path: Path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m anil.analysis", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m anil.paper.analysis", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help="a model written by anil.compare (anil.pt, maml.pt) or train.py (model.pt)")
+                   help="a model written by anil.paper.compare (anil.pt, maml.pt) or train.py (model.pt)")
     p.add_argument("--data-root", type=Path, default=None, help="default: the one it was trained with")
     p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -127,7 +127,7 @@ def main(argv=None):
     try:
         path = dataset_path(config["dataset"], data_root)
         split = load_split(path, "test")
-        # The test tasks anil.compare and train.py test on (seed 3·seed + 2).
+        # The test tasks anil.paper.compare and train.py test on (seed 3·seed + 2).
         test = TaskSampler(split, config["ways"], config["shots"], seed=config["seed"] * 3 + 2,
                            rotate=config.get("rotate", False))
     except (DatasetError, SamplerError) as e:
