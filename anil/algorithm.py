@@ -1,4 +1,5 @@
-"""ANIL's inner and outer loop, in the paper's notation (DESIGN §1).
+"""ANIL's inner and outer loop, in the paper's notation (docs/design.md, "The inner loop" and
+"The outer loop and the meta-gradient").
 
 Task T_i has a support set S_i and a query set Q_i. The body f_θ maps images to features; the
 head w = (W, b) maps features to logits W f_θ(x) + b. Only the head adapts in the inner loop:
@@ -12,7 +13,12 @@ and the outer loop minimises the mean query loss of the adapted heads over a met
 The head is applied with ``torch.func.functional_call`` and differentiated with
 ``torch.func.grad``; because the inner gradients are ordinary differentiable tensors, the outer
 ``backward()`` flows through every adaptation step (second order). First-order ANIL detaches
-each inner gradient (a stop-gradient), which drops the Hessian terms.
+each inner gradient (a stop-gradient), which drops the Hessian terms (docs/design.md, "First
+order").
+
+``adapt_and_score`` is the one definition of "adapt the head on the support set, score the query
+set": this module's training step calls it per task, ``anil.fast`` vmaps it over the tasks of a
+group, and ``anil.evaluation`` vmaps it at test time.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
+
+from anil.sampler import support_query
 
 Params = dict[str, torch.Tensor]
 
@@ -39,29 +47,45 @@ def adapt_head(head: nn.Module, params: Params, features: torch.Tensor, labels: 
     meta-gradient includes ∂w^(S)/∂w and ∂w^(S)/∂θ. ``first_order=True`` treats each ∇_w L as a
     constant, so ∂w^(S)/∂w = I and the features' influence through the inner loop is dropped.
     """
-    grad_fn = grad(lambda p: head_loss(head, p, features, labels))
+    grad_fn = grad(head_loss, argnums=1)  # ∇_w L(S; θ, w), a function of the head's parameters
     for _ in range(steps):
-        grads = grad_fn(params)
+        grads = grad_fn(head, params, features, labels)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         params = {k: params[k] - step_size * grads[k] for k in params}
     return params
 
 
+def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Tensor,
+                    support_labels: torch.Tensor, query_features: torch.Tensor,
+                    query_labels: torch.Tensor, step_size: float, steps: int,
+                    first_order: bool = False):
+    """Adapt the head on the support set, score it on the query set: for one task,
+
+        w_i^(S) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(S))  and the query accuracy.
+
+    The features come from one body call on support and query together (batch norm sees the
+    whole task; docs/design.md, "Batch norm per task"). Vmap it over a leading task dimension
+    to handle many tasks in one call, as ``anil.fast`` and ``anil.evaluation`` do.
+    """
+    adapted = adapt_head(head, params, support_features, support_labels, step_size, steps,
+                         first_order)
+    logits = functional_call(head, adapted, (query_features,))
+    accuracy = (logits.argmax(-1) == query_labels).to(logits.dtype).mean()
+    return F.cross_entropy(logits, query_labels), accuracy
+
+
 def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               step_size: float, steps: int, first_order: bool = False):
     """L(Q_i; θ, w_i^(S)) for one task, and the query accuracy of the adapted head.
 
-    ``images`` hold support and query interleaved (support at even positions, DESIGN §2). The
-    body runs once on all of them, so batch norm sees the statistics of the whole task.
+    ``images`` hold support and query interleaved (``anil.sampler.support_query``). The body
+    runs once on all of them, so batch norm sees the statistics of the whole task.
     """
-    features = body(images)
-    adapted = adapt_head(head, dict(head.named_parameters()), features[0::2], labels[0::2],
-                         step_size, steps, first_order)
-    logits = functional_call(head, adapted, (features[1::2],))
-    query_labels = labels[1::2]
-    accuracy = (logits.argmax(1) == query_labels).float().mean()
-    return F.cross_entropy(logits, query_labels), accuracy
+    support_features, query_features = support_query(body(images))
+    support_labels, query_labels = support_query(labels)
+    return adapt_and_score(head, dict(head.named_parameters()), support_features, support_labels,
+                           query_features, query_labels, step_size, steps, first_order)
 
 
 def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -87,11 +111,12 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
 def outer_step(optimizer, loss, accuracy, average=None):
     """(θ, w) ← optimizer step on the accumulated ``.grad``; returns (loss, accuracy) as floats.
 
-    ``average`` is for data-parallel training (``anil.run.distributed``): a function that averages a
-    list of tensors across processes in place. Each process holds B/P tasks of the meta-batch; the
-    mean of their gradients is the gradient of the whole meta-batch's mean loss, so averaging
-    between ``backward()`` and ``step()`` makes every process take the same step. The reported
-    loss and accuracy are averaged in the same call.
+    ``average`` is for data-parallel training (``anil.run.distributed``): a function that
+    averages a list of tensors across processes in place. Each process holds B/P tasks of the
+    meta-batch; the mean of their gradients is the gradient of the whole meta-batch's mean loss
+    (docs/design.md, "Data-parallel training"), so averaging between ``backward()`` and
+    ``step()`` makes every process take the same step. The reported loss and accuracy are
+    averaged in the same call.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stats = torch.tensor([float(loss), float(accuracy)], device=params[0].device)

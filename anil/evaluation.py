@@ -1,4 +1,12 @@
-"""Meta-testing: adapt the head on each task's support set, score it on the query set."""
+"""Meta-testing: adapt the head on each task's support set, score it on the query set, and
+report the mean accuracy over tasks with its 95% confidence interval (docs/design.md,
+"Evaluation and the confidence interval").
+
+The adaptation is ``anil.algorithm.adapt_and_score``, the one used in training, vmapped over a
+group of tasks (``anil.fast.torch_func_head_loop``; or its closed form, opt-in). Nothing here
+needs a graph: the body runs under ``torch.inference_mode`` and the head loop under
+``torch.no_grad`` (``torch.func.grad`` still computes the inner gradients).
+"""
 
 from __future__ import annotations
 
@@ -7,43 +15,69 @@ import math
 import numpy as np
 import torch
 
-from .algorithm import adapt_head, functional_call
-from .sampler import TaskSampler
+from anil.fast import HEAD_LOOP, Speed, default_speed, feature_extractor
+from anil.sampler import TaskSampler, support_query
 
 
 def mean_ci95(values) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval, 1.96 · std / √n (sample std, ddof=1)."""
+    """Mean and half-width of the 95% confidence interval of the mean,
+
+        x̄ ± 1.96 · s / √n,    s² = (1/(n−1)) Σ_j (x_j − x̄)²   (sample variance, ddof = 1).
+
+    With fewer than two values the half-width is undefined (nan)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return float(values.mean()) if len(values) else float("nan"), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def task_accuracy(body, head, images, labels, step_size: float, steps: int) -> float:
-    """Query accuracy after S inner steps on the support set. No graph is kept."""
-    with torch.no_grad():
-        features = body(images)
+def task_accuracies(body, head, images, labels, step_size: float, steps: int,
+                    features_fn=None, head_loop: str = "torch.func") -> torch.Tensor:
+    """Query accuracy after S inner steps for each of b tasks, images [b, 2NK, C, H, W].
+
+    Each task goes through the body in one call on its support and query images (its own
+    batch-norm statistics); the b heads then adapt together in one vmapped head loop."""
+    features_fn = features_fn or feature_extractor(body, Speed())
     params = {k: v.detach() for k, v in head.named_parameters()}
-    # torch.func.grad computes its own gradients even under no_grad; no outer graph is built.
+    with torch.inference_mode():
+        features = features_fn(images)
+    # Inference tensors cannot enter torch.func transforms; a clone outside inference mode can.
+    features = features.to(params["weight"].dtype).clone()
+    (support_features, query_features), (support_labels, query_labels) = (
+        support_query(features, dim=1), support_query(labels, dim=1))
     with torch.no_grad():
-        adapted = adapt_head(head, params, features[0::2], labels[0::2], step_size, steps)
-        logits = functional_call(head, adapted, (features[1::2],))
-    return (logits.argmax(1) == labels[1::2]).float().mean().item()
+        _, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,
+                                             query_features, query_labels, step_size, steps)
+    return accuracies
+
+
+def accuracies_of(body, head, sampler: TaskSampler, task_ids, step_size: float, steps: int,
+                  device="cpu", features_fn=None, head_loop: str = "torch.func",
+                  tasks_per_call: int = 8, progress=None) -> list[float]:
+    """Query accuracy of each task in ``task_ids`` (any order, e.g. every P-th task of one
+    process), ``tasks_per_call`` tasks at a time. ``progress(done, total)``, if given, is
+    called after each group (a progress bar; it may raise to abandon the evaluation)."""
+    task_ids = list(task_ids)
+    features_fn = features_fn or feature_extractor(body, default_speed(device))
+    accuracies = []
+    for start in range(0, len(task_ids), tasks_per_call):
+        tasks = [sampler.task(i) for i in task_ids[start:start + tasks_per_call]]
+        images = torch.stack([t.images for t in tasks]).to(device)
+        labels = torch.stack([t.labels for t in tasks]).to(device)
+        accuracies += task_accuracies(body, head, images, labels, step_size, steps, features_fn,
+                                      head_loop).tolist()
+        if progress is not None:
+            progress(len(accuracies), len(task_ids))
+    return accuracies
 
 
 def evaluate(body, head, sampler: TaskSampler, num_tasks: int, step_size: float, steps: int,
-             device="cpu", progress=None):
+             device="cpu", features_fn=None, head_loop: str = "torch.func",
+             tasks_per_call: int = 8, progress=None):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler`` (the same tasks on every call).
 
-    ``progress(done, total)``, if given, is called after every task (a progress bar; it may raise
-    to abandon the evaluation). Returns (mean, ci95, per-task accuracies).
-    """
-    accuracies = []
-    for task_id in range(num_tasks):
-        task = sampler.task(task_id)
-        accuracies.append(task_accuracy(body, head, task.images.to(device), task.labels.to(device),
-                                        step_size, steps))
-        if progress is not None:
-            progress(task_id + 1, num_tasks)
+    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options."""
+    accuracies = accuracies_of(body, head, sampler, range(num_tasks), step_size, steps, device,
+                               features_fn, head_loop, tasks_per_call, progress)
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies

@@ -2,8 +2,8 @@
 
 ``anil.algorithm`` is the readable reference: per task, the body's features flow through the
 differentiable inner loop and one ``backward()`` reaches θ through every adaptation step. This
-module uses DESIGN §1's observation that θ enters the meta-loss only through the features
-Z = f_θ(X):
+module uses the fact that θ enters the meta-loss only through the features Z = f_θ(X)
+(docs/design.md, "The body/head split"):
 
     ∂L/∂θ = (∂L/∂Z)(∂Z/∂θ),      L = (1/B) Σ_i L(Q_i; θ, w_i^(S)(θ, w))
 
@@ -16,23 +16,29 @@ where ∂L/∂Z already carries every second-order head term. So a step is
 
 and the body is a plain module again: channels-last, bfloat16 autocast and ``torch.compile``
 apply to it as to a supervised network. The head loop runs in the model's dtype (float32), so
-mixed precision touches only the body. For the linear head, step 3 uses the closed-form inner
-gradient (``linear_head_loop``, batched over tasks, ordinary autograd); any other head uses
-the reference ``adapt_head`` under ``torch.func.vmap`` and ``torch.func.grad``.
+mixed precision touches only the body.
+
+The head loop of step 3 (``Speed.head_loop``):
+
+    torch.func    (default) ``anil.algorithm.adapt_and_score`` — torch.func.grad and
+                  functional_call — vmapped over the tasks of the group; one ordinary
+                  ``torch.autograd.grad`` of the summed query losses gives ∂L/∂w and ∂L/∂Ẑ
+    closed-form   (opt-in, linear head only) the same inner steps with the hand-derived
+                  gradient ∇_W L = (1/n)(P − Y)ᵀZ, ∇_b L = (1/n)1ᵀ(P − Y) as batched matrix
+                  products; fewer operations, so less per-operation overhead on a CPU. The
+                  tests also use it as an oracle independent of torch.func.
 
 Execution strategies over a meta-batch of B tasks (the same meta-gradient, tested):
 
-    task    one task at a time: body on its 2NK images, head loop, backward (least memory:
-            one task's activations alive, as in the reference)
+    task    one task at a time: body on its 2NK images, head loop, backward (least memory)
     chunk   c tasks share one head-loop call and one backward
     vmap    all B tasks at once (chunk with c = B)
 
 and, independently, ``batch_body``: run the body once over all tasks of a group, batch norm
 still using each task's own statistics (``batched_features``), instead of once per task. On a
-CPU small per-task batches are faster; on a GPU one large call is.
-
-Evaluation (``fast_evaluate``) runs the body under ``torch.inference_mode`` and adapts the
-heads of many tasks together with plain (non-differentiable) gradients.
+CPU small per-task body calls are faster; on a GPU one large call is. The head loop always
+handles the whole group in one vmapped call, which is what makes torch.func cheap: its
+per-operation overhead is paid once per group instead of once per task.
 """
 
 from __future__ import annotations
@@ -44,14 +50,15 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
-from .algorithm import adapt_head, outer_step
-from .evaluation import mean_ci95
-from .model import ConvBody
+from anil.algorithm import adapt_and_score, outer_step
+from anil.model import ConvBody
+from anil.sampler import support_query
 
 STRATEGIES = ("task", "chunk", "vmap")
 PRECISIONS = ("float32", "bfloat16")
+HEAD_LOOPS = ("torch.func", "closed-form")
 
 
 @dataclass
@@ -64,19 +71,21 @@ class Speed:
                    ``batched_features``) instead of once per task; GPUs want this, CPUs do not
     precision      "float32", or "bfloat16" autocast of the body only
     channels_last  channels-last memory format for the conv body (inputs and weights)
+    head_loop      "torch.func" (vmapped ``adapt_and_score``) or "closed-form" (linear head)
     """
 
-    strategy: str = "task"
-    chunk_size: int = 4
+    strategy: str = "vmap"
+    chunk_size: int = 8
     batch_body: bool = False
     precision: str = "float32"
     channels_last: bool = False
+    head_loop: str = "torch.func"
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS),
+                              ("head_loop", HEAD_LOOPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
 
@@ -84,13 +93,15 @@ class Speed:
         return {"task": 1, "chunk": min(self.chunk_size, meta_batch), "vmap": meta_batch}[self.strategy]
 
 
-def default_speed(device) -> Speed:
-    """Measured defaults (README "Speed"). CPU: task by task in channels-last float32 (small
-    batches stay in cache; as fast as chunks here, with the reference's peak memory). GPU: all
-    tasks in one body call and one batched head loop."""
-    if torch.device(device).type == "cuda":
-        return Speed(strategy="vmap", batch_body=True, channels_last=True)
-    return Speed(strategy="task", channels_last=True)
+def default_speed(device, head_loop: str = "torch.func") -> Speed:
+    """Measured defaults (docs/speed.md). Every device: the head loop over all tasks of the
+    meta-batch in one vmapped call, channels-last float32. CPU: the body task by task (small
+    batches stay in cache); GPU: the body over all tasks in one call."""
+    gpu = torch.device(device).type == "cuda"
+    return Speed(strategy="vmap", batch_body=gpu, channels_last=True, head_loop=head_loop)
+
+
+# ------------------------------------------------------------------------------------ the body
 
 
 def _per_task_batch_norm(x: torch.Tensor, tasks: int, norm: nn.BatchNorm2d) -> torch.Tensor:
@@ -111,9 +122,10 @@ def _per_task_batch_norm(x: torch.Tensor, tasks: int, norm: nn.BatchNorm2d) -> t
 def batched_features(body: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """f_θ applied to each task of images [b, m, C, H, W] in one call → [b, m, D].
 
-    Batch norm must see one task at a time (DESIGN §1). For the ConvBody the convolutions run
-    on all b·m images at once and batch norm uses per-task statistics; any other body is
-    vmapped over tasks (BatchNorm2d(track_running_stats=False) then keeps per-task statistics).
+    Batch norm must see one task at a time (docs/design.md, "Batch norm per task"). For the
+    ConvBody the convolutions run on all b·m images at once and batch norm uses per-task
+    statistics; any other body is vmapped over tasks (BatchNorm2d(track_running_stats=False)
+    then keeps per-task statistics).
     """
     b = images.shape[0]
     if isinstance(body, ConvBody) and all(isinstance(k.norm, nn.BatchNorm2d) and
@@ -150,84 +162,81 @@ def _autocast(images: torch.Tensor, precision: str):
     return contextlib.nullcontext()
 
 
-def _query_loss_and_accuracy(head, params, features, labels, step_size, steps, first_order):
-    """L(Q_i; θ, w_i^(S)) of one task from its features [2NK, D] (support at even positions)."""
-    adapted = adapt_head(head, params, features[0::2], labels[0::2], step_size, steps, first_order)
-    logits = functional_call(head, adapted, (features[1::2],))
-    query_labels = labels[1::2]
-    accuracy = (logits.argmax(1) == query_labels).to(logits.dtype).mean()
-    return F.cross_entropy(logits, query_labels), accuracy
+# ------------------------------------------------------------------------------- the head loop
 
 
-def linear_head_loop(weight, bias, features, labels, step_size: float, steps: int,
-                     first_order: bool = False):
-    """The inner loop and query loss of b tasks at once, for the linear head, in closed form.
+def torch_func_head_loop(head: nn.Module, params, support_features, support_labels,
+                         query_features, query_labels, step_size: float, steps: int,
+                         first_order: bool = False):
+    """``adapt_and_score`` for b tasks at once: vmap over the leading task dimension of the
+    features [b, n, D] and labels [b, n]. Returns query losses [b] and accuracies [b]."""
+    per_task = vmap(adapt_and_score, in_dims=(None, None, 0, 0, 0, 0, None, None, None))
+    return per_task(head, params, support_features, support_labels, query_features, query_labels,
+                    step_size, steps, first_order)
 
-    With support features Z_s [n, D], one-hot labels Y, P = softmax(Z_s Wᵀ + b) (DESIGN §1):
+
+def closed_form_head_loop(head: nn.Module, params, support_features, support_labels,
+                          query_features, query_labels, step_size: float, steps: int,
+                          first_order: bool = False):
+    """The same as ``torch_func_head_loop`` for a linear head, with the inner gradient in
+    closed form (docs/design.md, "The closed-form head gradient"). With support features
+    Z_s [n, D], one-hot labels Y and P = softmax(Z_s Wᵀ + b):
 
         W^(s+1) = W^(s) − α (1/n)(P − Y)ᵀ Z_s,     b^(s+1) = b^(s) − α (1/n) 1ᵀ(P − Y)
 
-    This is exactly ∇_w L of ``adapt_head`` (tested), written with batched matrix products, so
-    ordinary autograd differentiates through it (second order) without ``torch.func``'s
-    per-operation overhead. ``first_order`` detaches each step's gradient, as ``adapt_head``.
-    features [b, 2NK, D], labels [b, 2NK]; returns query losses [b] and accuracies [b].
+    written with batched matrix products over the b tasks, so ordinary autograd differentiates
+    through it (second order). ``first_order`` detaches each step's gradient, as ``adapt_head``.
     """
-    tasks, ways = features.shape[0], weight.shape[0]
-    support, query = features[:, 0::2], features[:, 1::2]
-    one_hot = F.one_hot(labels[:, 0::2], ways).to(features.dtype)
-    w = weight.expand(tasks, *weight.shape)                          # [b, N, D]
-    b = bias.expand(tasks, 1, ways)                                  # [b, 1, N]
+    if type(head) is not nn.Linear:
+        raise ValueError(f"the closed-form head loop is derived for nn.Linear heads, not "
+                         f"{type(head).__name__}; use the torch.func head loop")
+    tasks, ways = support_features.shape[0], params["weight"].shape[0]
+    one_hot = F.one_hot(support_labels, ways).to(support_features.dtype)
+    w = params["weight"].expand(tasks, -1, -1)                        # [b, N, D]
+    b = params["bias"].expand(tasks, 1, ways)                         # [b, 1, N]
+    n = support_features.shape[1]
     for _ in range(steps):
-        residual = (torch.softmax(torch.baddbmm(b, support, w.mT), -1) - one_hot) / support.shape[1]
-        grad_w, grad_b = residual.mT @ support, residual.sum(1, keepdim=True)
+        residual = (torch.softmax(torch.baddbmm(b, support_features, w.mT), -1) - one_hot) / n
+        grad_w, grad_b = residual.mT @ support_features, residual.sum(1, keepdim=True)
         if first_order:
             grad_w, grad_b = grad_w.detach(), grad_b.detach()
         w, b = w - step_size * grad_w, b - step_size * grad_b
-    logits = torch.baddbmm(b, query, w.mT)                           # [b, q, N]
-    query_labels = labels[:, 1::2]
+    logits = torch.baddbmm(b, query_features, w.mT)                   # [b, q, N]
     losses = F.cross_entropy(logits.flatten(0, 1), query_labels.flatten(), reduction="none")
     accuracies = (logits.argmax(-1) == query_labels).to(logits.dtype).mean(1)
     return losses.view(tasks, -1).mean(1), accuracies
 
 
-def head_gradients(head: nn.Module, params, features, labels, step_size: float, steps: int,
-                   first_order: bool = False, scale: float = 1.0):
-    """∂L/∂w and ∂L/∂Z of L = scale · Σ_i L(Q_i; θ, w_i^(S)) over a group of tasks.
+HEAD_LOOP = {"torch.func": torch_func_head_loop, "closed-form": closed_form_head_loop}
 
-    ``features`` [b, 2NK, D] are treated as inputs (the caller detached them from the body).
-    A linear head uses ``linear_head_loop`` (closed-form inner gradients, plain autograd); any
-    other head the reference ``adapt_head`` vmapped over the b tasks and differentiated with
-    ``torch.func.grad``. Both are second order unless ``first_order``.
+
+def head_gradients(head: nn.Module, params, features, labels, step_size: float, steps: int,
+                   first_order: bool = False, scale: float = 1.0, head_loop: str = "torch.func"):
+    """∂L/∂w and ∂L/∂Z of L = scale · Σ_i L(Q_i; θ, w_i^(S)) over a group of b tasks.
+
+    ``features`` [b, 2NK, D] are treated as inputs (the caller detached them from the body);
+    support and query are interleaved as in every task. One ordinary ``torch.autograd.grad``
+    differentiates the whole head loop, second order unless ``first_order``.
     Returns (∂L/∂w dict, ∂L/∂Z [b, 2NK, D], query losses [b], query accuracies [b]).
     """
-    if type(head) is nn.Linear:
-        with torch.enable_grad():
-            w = params["weight"].detach().requires_grad_()
-            b = params["bias"].detach().requires_grad_()
-            z = features.detach().requires_grad_()
-            losses, accuracies = linear_head_loop(w, b, z, labels, step_size, steps, first_order)
-            grad_w, grad_b, grad_z = torch.autograd.grad(scale * losses.sum(), (w, b, z))
-        return {"weight": grad_w, "bias": grad_b}, grad_z, losses.detach(), accuracies
-    return head_gradients_func(head, params, features, labels, step_size, steps, first_order, scale)
+    with torch.enable_grad():
+        params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        features = features.detach().requires_grad_()
+        (support_features, query_features), (support_labels, query_labels) = (
+            support_query(features, dim=1), support_query(labels, dim=1))
+        losses, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,
+                                                  query_features, query_labels, step_size, steps,
+                                                  first_order)
+        *grad_params, grad_features = torch.autograd.grad(scale * losses.sum(),
+                                                          [*params.values(), features])
+    return dict(zip(params, grad_params)), grad_features, losses.detach(), accuracies.detach()
 
 
-def head_gradients_func(head: nn.Module, params, features, labels, step_size: float, steps: int,
-                        first_order: bool = False, scale: float = 1.0):
-    """``head_gradients`` for any head: ``adapt_head`` vmapped over tasks, ``torch.func.grad``."""
-    per_task = vmap(_query_loss_and_accuracy, in_dims=(None, None, 0, 0, None, None, None))
-
-    def loss(params, features):
-        losses, accuracies = per_task(head, params, features, labels, step_size, steps, first_order)
-        return scale * losses.sum(), (losses, accuracies)
-
-    (grad_params, grad_features), (losses, accuracies) = grad(loss, argnums=(0, 1), has_aux=True)(
-        params, features)
-    return grad_params, grad_features, losses, accuracies
+# ---------------------------------------------------------------------------- the training step
 
 
-def fast_meta_loss_backward(body, head, images, labels, step_size: float, steps: int,
-                            first_order: bool = False, speed: Speed | None = None,
-                            features_fn=None):
+def meta_gradient(body, head, images, labels, step_size: float, steps: int,
+                  first_order: bool = False, speed: Speed | None = None, features_fn=None):
     """Accumulate ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(S)) into ``.grad`` of body and head.
 
     The same gradient as ``meta_loss(...).backward()`` (tested to ~1e-10 in float64), by the
@@ -247,7 +256,8 @@ def fast_meta_loss_backward(body, head, images, labels, step_size: float, steps:
         features = features_fn(x)                                          # Z = f_θ(X)
         detached = features.detach().to(params["weight"].dtype)            # Ẑ = stopgrad(Z)
         g_params, g_features, task_losses, task_accuracies = head_gradients(
-            head, params, detached, y, step_size, steps, first_order, scale=1.0 / meta_batch)
+            head, params, detached, y, step_size, steps, first_order, scale=1.0 / meta_batch,
+            head_loop=speed.head_loop)
         features.backward(g_features.to(features.dtype))                   # (∂L/∂Z)(∂Z/∂θ)
         for k in head_grads:
             head_grads[k] += g_params[k]
@@ -258,66 +268,11 @@ def fast_meta_loss_backward(body, head, images, labels, step_size: float, steps:
     return torch.cat(losses).mean().item(), torch.cat(accuracies).mean().item()
 
 
-def fast_meta_train_step(body, head, optimizer, images, labels, step_size, steps,
-                         first_order=False, speed: Speed | None = None, features_fn=None,
-                         average=None):
-    """``meta_train_step`` on the fast path: zero grads, fast meta-gradient, optimizer step
-    (``average``: the data-parallel gradient all-reduce, see ``anil.algorithm.outer_step``)."""
+def train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
+               speed: Speed | None = None, features_fn=None, average=None):
+    """``anil.algorithm.meta_train_step`` on the fast path: zero grads, ``meta_gradient``,
+    optimizer step (``average``: the data-parallel all-reduce, see ``outer_step``)."""
     optimizer.zero_grad(set_to_none=True)
-    loss, accuracy = fast_meta_loss_backward(body, head, images, labels, step_size, steps,
-                                             first_order, speed, features_fn)
+    loss, accuracy = meta_gradient(body, head, images, labels, step_size, steps, first_order,
+                                   speed, features_fn)
     return outer_step(optimizer, loss, accuracy, average)
-
-
-# ------------------------------------------------------------------------------- evaluation
-
-
-def _adapted_accuracy(head, params, features, labels, step_size, steps):
-    adapted = adapt_head(head, params, features[0::2], labels[0::2], step_size, steps)
-    logits = functional_call(head, adapted, (features[1::2],))
-    return (logits.argmax(1) == labels[1::2]).to(logits.dtype).mean()
-
-
-def batch_accuracies(body, head, images, labels, step_size: float, steps: int,
-                     speed: Speed | None = None, features_fn=None) -> torch.Tensor:
-    """Query accuracy after S inner steps for each of b tasks, images [b, 2NK, C, H, W].
-
-    The body runs under ``torch.inference_mode`` (no graph, no version counters), each task with
-    its own batch-norm statistics; the b heads adapt together with plain gradients: the closed
-    form of ``linear_head_loop`` for a linear head, else ``adapt_head`` vmapped over tasks
-    (``torch.func.grad`` under ``no_grad`` builds no outer graph).
-    """
-    features_fn = features_fn or feature_extractor(body, speed or Speed())
-    params = {k: v.detach() for k, v in head.named_parameters()}
-    with torch.inference_mode():
-        features = features_fn(images)
-    features = features.to(params["weight"].dtype)
-    if type(head) is nn.Linear:  # closed-form inner steps, no autograd at all
-        with torch.inference_mode():
-            return linear_head_loop(params["weight"], params["bias"], features, labels,
-                                    step_size, steps)[1]
-    # Inference tensors cannot enter torch.func.grad; a clone outside inference mode can.
-    features = features.clone()
-    with torch.no_grad():
-        return vmap(_adapted_accuracy, in_dims=(None, None, 0, 0, None, None))(
-            head, params, features, labels, step_size, steps)
-
-
-def fast_evaluate(body, head, sampler, num_tasks: int, step_size: float, steps: int,
-                  device="cpu", speed: Speed | None = None, tasks_per_call: int = 8,
-                  features_fn=None, progress=None):
-    """``anil.evaluation.evaluate`` on the fast path: the same tasks 0..num_tasks-1, the same
-    accuracies (tested), ``tasks_per_call`` tasks at a time. Returns (mean, ci95, list).
-    ``progress(done, total)``, if given, is called after each group of tasks."""
-    features_fn = features_fn or feature_extractor(body, speed or default_speed(device))
-    accuracies = []
-    for start in range(0, num_tasks, tasks_per_call):
-        tasks = [sampler.task(i) for i in range(start, min(start + tasks_per_call, num_tasks))]
-        images = torch.stack([t.images for t in tasks]).to(device)
-        labels = torch.stack([t.labels for t in tasks]).to(device)
-        accuracies += batch_accuracies(body, head, images, labels, step_size, steps,
-                                       features_fn=features_fn).tolist()
-        if progress is not None:
-            progress(len(accuracies), num_tasks)
-    mean, ci = mean_ci95(accuracies)
-    return mean, ci, accuracies

@@ -1,4 +1,5 @@
-"""The network: a 4-block conv body f_θ and a linear head w = (W, b) (DESIGN §3).
+"""The network: a 4-block conv body f_θ and a linear head w = (W, b) (docs/design.md,
+"The network").
 
 Body block: conv 3×3 (padding 1, bias) → BatchNorm2d (affine, statistics of the current batch,
 i.e. of the current task's support and query together) → ReLU → max-pool 2×2. Layer order,

@@ -1,6 +1,6 @@
 """Episodic sampling: N-way, 2K-shot tasks drawn from a ``ClassSplit``.
 
-A task (DESIGN §2): draw N distinct classes, then 2K distinct images of each; give the classes the
+A task (docs/design.md, "Tasks: support, query and labels"): draw N distinct classes, then 2K distinct images of each; give the classes the
 labels 0..N-1 by a random permutation; order the 2NK samples in consecutive class blocks (block j
 holds label j); the even positions of each block are the support set (K per class), the odd
 positions the query set.
@@ -24,6 +24,14 @@ from .data import ClassSplit
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
+def support_query(x, dim: int = 0):
+    """(support, query) halves of a task's samples, interleaved along ``dim``: the support set is
+    at the even positions, the query set at the odd ones (the one place this layout is read).
+    Works for images, labels and features alike, and for a batch of tasks with ``dim=1``."""
+    index = (slice(None),) * dim
+    return x[index + (slice(0, None, 2),)], x[index + (slice(1, None, 2),)]
+
+
 def split_seed(seed: int, split: str) -> int:
     """The sampler seed of ``split`` in a run with seed ``seed``: a different task stream per
     split, the same one in train.py and in evaluate.py."""
@@ -44,11 +52,13 @@ class Task:
 
     @property
     def support(self):
-        return self.images[0::2], self.labels[0::2]
+        """(images, labels) of the support set."""
+        return support_query(self.images)[0], support_query(self.labels)[0]
 
     @property
     def query(self):
-        return self.images[1::2], self.labels[1::2]
+        """(images, labels) of the query set."""
+        return support_query(self.images)[1], support_query(self.labels)[1]
 
 
 class TaskSampler:

@@ -166,9 +166,22 @@ def test_metrics_log_parses_and_truncates(tmp_path):
     with open(log.path, "a") as f:
         f.write('{"iteration": 6, "lo')  # a process killed in the middle of a row
     assert [r["iteration"] for r in read_metrics(log.path)] == [2, 4]
-    log.path.write_text('{"iteration": 2}\nnot json\n{"iteration": 4}\n')
-    with pytest.raises(ValueError, match="metrics.jsonl:2"):
-        read_metrics(log.path)
+    # Damaged lines anywhere (the checkpoint, not this log, is what a run resumes from) are
+    # skipped and reported by line number; a resume drops them.
+    log.path.write_bytes(b'{"iteration": 2}\nnot json\n\xff\xfe\n{"iteration": "five"}\n[1]\n'
+                         b'{"iteration": 4, "loss": "x"}\n{"iteration": 4, "loss": 0.5}\n')
+    damaged = []
+    assert read_metrics(log.path, damaged) == [{"iteration": 2}, {"iteration": 4, "loss": 0.5}]
+    assert damaged == [2, 3, 4, 5, 6]
+    assert log.truncate_after(10) == 5
+    assert log.path.read_text() == '{"iteration": 2}\n{"iteration": 4, "loss": 0.5}\n'
+
+
+def test_metrics_rows_are_strict_json(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"iteration": 1, "val_accuracy": 0.5, "val_ci95": float("nan"), "loss": float("inf")})
+    assert log.path.read_text() == '{"iteration": 1, "val_accuracy": 0.5, "val_ci95": null, "loss": null}\n'
+    assert log.rows() == [{"iteration": 1, "val_accuracy": 0.5, "val_ci95": None, "loss": None}]
 
 
 def test_best_validation_is_the_highest_and_earliest_on_ties():

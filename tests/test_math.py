@@ -1,4 +1,5 @@
-"""The math of DESIGN §1 against independent computations, in float64."""
+"""The math of docs/design.md (inner loop, meta-gradient, first order) against independent
+computations, in float64."""
 
 import pytest
 import torch

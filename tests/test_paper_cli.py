@@ -105,7 +105,8 @@ def test_corrupt_checkpoint_gets_one_line(tmp_path, capsys):
         analysis.main(["--checkpoint", str(bad)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2
-    assert len(lines) == 1 and "is not a readable anil checkpoint" in lines[0]
+    assert lines == [f"error: {bad} is truncated or corrupt (not a complete torch zip archive); "
+                     f"delete it, or use another copy"]
 
 
 def test_compare_explains_more_ways_than_classes(glyph_root, tmp_path, capsys):
@@ -114,3 +115,36 @@ def test_compare_explains_more_ways_than_classes(glyph_root, tmp_path, capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "error: 500-way tasks need 500 classes")
+
+
+def test_compare_checks_its_output_folder_before_training(glyph_root, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "anil.pt").write_text("an earlier comparison")
+    for out, message in [(tmp_path / "file", "is a file, not a folder"),
+                         (earlier, "holds files of an earlier run (anil.pt); give another --out, "
+                                   "or add --overwrite")]:
+        with pytest.raises(SystemExit) as stop:
+            compare.main(["--data-root", str(glyph_root), "--out", str(out)])
+        err = capsys.readouterr()
+        assert stop.value.code == 2 and message in err.err.strip().splitlines()[-1]
+        assert "ANIL vs MAML" not in err.out  # refused before any training
+    assert (tmp_path / "file").read_text() == "mine"
+    assert (earlier / "anil.pt").read_text() == "an earlier comparison"
+
+
+def test_compare_on_images_too_small_for_the_body_is_one_line(tmp_path, capsys):
+    import numpy as np
+
+    from anil.data import write_prepared
+    images = np.zeros((40, 4, 4, 1), np.uint8)
+    labels = np.repeat(np.arange(4), 10)
+    path = write_prepared(tmp_path, "tiny", {s: (images, labels, list("abcd"))
+                                             for s in ("train", "val", "test")})
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--data", str(path), "--ways", "2", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: cannot build the network: 4 pooling blocks shrink a 4px image to nothing; use "
+        "fewer blocks or larger images")

@@ -8,7 +8,7 @@ from anil.run.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN §4, written out again by hand: (ways, shots, image, channels, filters, meta-batch,
+# The published reference settings (docs/paper.md), written out again by hand: (ways, shots, image, channels, filters, meta-batch,
 # inner α, train steps, test steps, Adam β, iterations, per-task rotation).
 REFERENCE = {
     # MAML reference code, Omniglot 20-way

@@ -25,7 +25,7 @@ from anil.run.metrics import best_validation, read_metrics
 from anil.sampler import split_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-from anil import train  # noqa: E402  (the script, imported for in-process runs)
+from anil import fast, train  # noqa: E402  (the script, imported for in-process runs)
 
 ITERATIONS, LOG_EVERY, VAL_EVERY = 40, 3, 5
 TINY = ["--iterations", str(ITERATIONS), "--meta-batch", "2", "--hidden", "8", "--eval-tasks", "8",
@@ -162,7 +162,7 @@ def test_best_checkpoint_holds_the_best_validated_weights(runs, one_thread):
 
 
 def test_evaluate_a_saved_run_reproduces_its_final_test(runs, capsys, one_thread):
-    import evaluate as evaluate_cli  # the top-level script
+    from anil.run import evaluate as evaluate_cli  # what python evaluate.py runs
     summary = json.loads((runs.whole / "summary.json").read_text())
     mean, ci = evaluate_cli.main([str(runs.whole)])
     out = capsys.readouterr().out
@@ -221,7 +221,7 @@ def test_an_explicit_override_extends_a_run(runs, tmp_path, capsys, one_thread):
 
 
 def test_evaluate_refuses_a_foreign_file_in_one_line(tmp_path, capsys):
-    import evaluate as evaluate_cli
+    from anil.run import evaluate as evaluate_cli
     torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")
     with pytest.raises(SystemExit) as e:
         evaluate_cli.main([str(tmp_path / "model.pt")])
@@ -261,9 +261,9 @@ def scripted_validation(monkeypatch, accuracies):
 
 SHORT = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4",
          "--val-every", "2", "--log-every", "1"]
-# The tests that replace train.evaluate / train.meta_train_step run the reference path, which
-# calls exactly those functions (the default fast path calls anil.fast's).
-PATCHABLE = [*SHORT, "--strategy", "reference"]
+# anil.train calls anil.evaluation.evaluate as train.evaluate, and builds its step from
+# anil.fast.train_step, so the tests below can replace either.
+PATCHABLE = SHORT
 
 
 def test_model_selection_keeps_the_iteration_with_the_highest_validation_accuracy(
@@ -328,7 +328,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
     args = ["--data-root", glyph_root, *PATCHABLE, "--iterations", "10", "--checkpoint-every", "4"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
-    real, steps = train.meta_train_step, []
+    real, steps = fast.train_step, []
 
     def step_then_die(*a, **kw):
         steps.append(1)
@@ -336,7 +336,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
             raise Killed
         return real(*a, **kw)
 
-    monkeypatch.setattr(train, "meta_train_step", step_then_die)
+    monkeypatch.setattr(fast, "train_step", step_then_die)
     with pytest.raises(Killed):
         in_process([*args, "--out", tmp_path / "killed"], capsys)
     monkeypatch.undo()
@@ -357,14 +357,48 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
     assert all(torch.equal(best_a["body"][k], best_b["body"][k]) for k in best_a["body"])
 
 
-def test_a_fresh_run_replaces_a_finished_run_in_its_folder(glyph_root, tmp_path, capsys, one_thread):
+def folder_bytes(folder):
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def test_a_finished_run_is_never_replaced_silently(glyph_root, tmp_path, monkeypatch, capsys,
+                                                  one_thread):
     args = ["--data-root", glyph_root, *SHORT, "--out", tmp_path / "run"]
     assert in_process([*args, "--iterations", "4"], capsys)[0] == 0
-    (tmp_path / "run" / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
-    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
-        f.write('{"iteration": 99}\n')
-    assert in_process([*args, "--iterations", "2"], capsys)[0] == 0
+    before = folder_bytes(tmp_path / "run")
+    assert set(before) == {"checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png",
+                           "summary.json"}
+    code, _, err = in_process([*args, "--iterations", "2"], capsys)  # one setting changed
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'run'} holds a finished run (test accuracy" in err and "--overwrite" in err
+    assert folder_bytes(tmp_path / "run") == before
+
+    # --overwrite, but stopped during the untrained test: the old run is still all there.
+    real = train.evaluate
+
+    def signal_then_evaluate(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "evaluate", signal_then_evaluate)
+    code, _, err = in_process([*args, "--iterations", "2", "--overwrite"], capsys)
+    assert code == 128 + signal.SIGTERM and "before training began" in err
+    monkeypatch.undo()
+    assert folder_bytes(tmp_path / "run") == before
+
+    # --overwrite to the end: the folder holds the new run only.
+    assert in_process([*args, "--iterations", "2", "--overwrite"], capsys)[0] == 0
     assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] == 2
-    assert in_process([*args, "--iterations", "3"], capsys)[0] == 0  # over a finished run: allowed
-    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["iterations"] == 2
+
+
+def test_without_out_each_run_gets_a_fresh_folder(glyph_root, tmp_path, monkeypatch, capsys,
+                                                  one_thread):
+    monkeypatch.chdir(tmp_path)
+    args = ["--data-root", glyph_root, *SHORT, "--iterations", "1", "--val-every", "0"]
+    for _ in range(2):
+        code, out, err = in_process(args, capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["glyphs-5w1s", "glyphs-5w1s-2"]
+    assert "in runs/glyphs-5w1s-2" in out

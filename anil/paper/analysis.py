@@ -18,20 +18,22 @@ The paper's finding: body layers near 1 (feature reuse), the head far lower.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
-from anil.paper import maml
-from anil.paper.cka import linear_cka
-from anil.run.cli import dataset_path, fail, positive_int
 from anil.data import DatasetError, load_split
 from anil.evaluation import mean_ci95
 from anil.model import ConvBody, make_head
+from anil.paper import maml
+from anil.paper.cka import linear_cka
+from anil.run.checkpoint import CheckpointError, image_shape, load_run
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+                          positive_int, resolve_device, set_threads)
+from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
-from anil.sampler import SamplerError, TaskSampler
+from anil.sampler import SamplerError, TaskSampler, split_seed
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
 
@@ -92,100 +94,92 @@ def similarity_by_layer(body, head, sampler, num_tasks, step_size, steps, adapte
     return summarise(before_after), summarise(versus_control)
 
 
-def load_checkpoint(path: Path):
-    if not path.is_file():
-        hint = ("run `python -m anil.paper.compare` first" if path == DEFAULT_CHECKPOINT
-                else "check the path (python -m anil.paper.compare writes anil.pt and maml.pt; train.py writes model.pt)")
-        fail(f"no checkpoint at {path}; {hint}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        checkpoint["body"], checkpoint["head"], checkpoint["config"]
-    except Exception as e:  # a truncated or foreign file: say which and what to do
-        fail(f"{path} is not a readable anil checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-             f"train it again")
-    return checkpoint
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m anil.paper.analysis", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m anil.paper.analysis", formatter_class=HelpFormatter,
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help="a model written by anil.paper.compare (anil.pt, maml.pt) or train.py (model.pt)")
-    p.add_argument("--data-root", type=Path, default=None, help="default: the one it was trained with")
+                   help="a model written by anil.paper.compare (anil.pt, maml.pt) or train.py "
+                        "(a run folder, or its best.pt / model.pt)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder of the named datasets (default: the one it was trained with)")
     p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's folder")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
+    add_device_options(p, speed=False, head_loop=False)
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available here; use --device cpu")
-    device = torch.device(args.device)
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    config = checkpoint["config"]
-    algorithm = config.get("algorithm", "anil")  # train.py checkpoints are ANIL
-    data_root = args.data_root or Path(config["data_root"])
+    device = torch.device(resolve_device(args.device))
+    set_threads(args.threads)
+    if not args.checkpoint.exists():
+        fail(f"no checkpoint at {args.checkpoint}; " + (
+            "run  python -m anil.paper.compare  first" if args.checkpoint == DEFAULT_CHECKPOINT else
+            "check the path (anil.paper.compare writes anil.pt and maml.pt, train.py a run folder)"))
     try:
-        path = dataset_path(config["dataset"], data_root)
-        split = load_split(path, "test")
-        # The test tasks anil.paper.compare and train.py test on (seed 3·seed + 2).
-        test = TaskSampler(split, config["ways"], config["shots"], seed=config["seed"] * 3 + 2,
-                           rotate=config.get("rotate", False))
+        body, head, config = load_run(args.checkpoint)
+    except CheckpointError as e:
+        fail(str(e))
+    algorithm = config.get("algorithm", "anil")  # train.py checkpoints are ANIL
+    config = argparse.Namespace(**{"data": None, **config})
+    if args.data_root is not None:
+        config.data_root = args.data_root
+    try:
+        split = load_split(dataset_path(config), "test")
+        # The test tasks anil.paper.compare and train.py test on.
+        test = TaskSampler(split, config.ways, config.shots, seed=split_seed(config.seed, "test"),
+                           rotate=getattr(config, "rotate", False))
     except (DatasetError, SamplerError) as e:
         fail(str(e))
-    channels, size, _ = split.image_shape
-    body = ConvBody(channels, size, hidden=config["hidden"])
-    head = make_head(body.feature_dim, config["ways"])
-    try:
-        body.load_state_dict(checkpoint["body"]), head.load_state_dict(checkpoint["head"])
-    except RuntimeError as e:
-        fail(f"{args.checkpoint} does not fit a {config['hidden']}-filter body on {config['dataset']} "
-             f"({str(e).splitlines()[0][:120]})")
     body.to(device).eval(), head.to(device).eval()
-    alpha, steps = config["inner_lr"], config["test_inner_steps"]
-    out = args.out or args.checkpoint.parent
-    out.mkdir(parents=True, exist_ok=True)
-    stem = args.checkpoint.stem
-    print(f"{algorithm.upper()} model {args.checkpoint} on {config['dataset']} {config['ways']}-way "
-          f"{config['shots']}-shot: α={alpha} × {steps} test steps, {args.tasks} test tasks", flush=True)
+    stem = args.checkpoint.stem if args.checkpoint.is_file() else "model"
+    out = args.out or (args.checkpoint.parent if args.checkpoint.is_file() else args.checkpoint)
+    names = (f"{stem}-freezing.png", f"{stem}-cka.png", f"{stem}-analysis.json")
+    try:
+        with RunFolder(out, names=names).open(resuming=True) as folder:  # its outputs are derived
+            return analyse(body, head, test, config, algorithm, args, folder, names, device)
+    except RunFolderError as e:
+        fail(str(e))
+
+
+def analyse(body, head, test, config, algorithm, args, folder, names, device):
+    """Print and write the freezing table and the per-layer CKA of one trained model."""
+    alpha, steps, what = config.inner_lr, config.test_inner_steps, algorithm.upper()
+    print(f"{what} model {args.checkpoint} on {dataset_name(config)} {config.ways}-way "
+          f"{config.shots}-shot: α={alpha} × {steps} test steps, {args.tasks} test tasks", flush=True)
 
     # ------------------------------------------------------------- freezing (paper Table 1)
     table = freezing_table(body, head, test, args.tasks, alpha, steps, device)
     print("\nfrozen at test time      test accuracy (95% CI)")
     for name, (mean, ci) in table.items():
         print(f"{name:<24} {100 * mean:8.2f} ± {100 * ci:.2f}%")
-
-    freezing_png = bar_chart(out / f"{stem}-freezing.png", list(table),
-                             {"test accuracy": [m for m, _ in table.values()]},
-                             errors={"test accuracy": [c for _, c in table.values()]},
-                             title=f"{algorithm.upper()} on {config['dataset']}: layers frozen at "
-                                   f"test time ({args.tasks} tasks)", ylabel="test accuracy")
+    folder.write_png(names[0], lambda png: bar_chart(
+        png, list(table), {"test accuracy": [m for m, _ in table.values()]},
+        errors={"test accuracy": [c for _, c in table.values()]},
+        title=f"{what} on {dataset_name(config)}: layers frozen at test time ({args.tasks} tasks)",
+        ylabel="test accuracy"))
 
     # ------------------------------------------------------------ feature reuse (paper §3.2)
     adapted = None if algorithm == "maml" else maml.layer_params(body, head, ["head"])
     torch.manual_seed(12345)
-    fresh = ConvBody(channels, size, hidden=config["hidden"]).to(device).eval()
-    fresh_head = make_head(fresh.feature_dim, config["ways"]).to(device)
+    fresh = ConvBody(*image_shape(vars(config))[:2], hidden=config.hidden).to(device).eval()
+    fresh_head = make_head(fresh.feature_dim, config.ways).to(device)
     cka, control = similarity_by_layer(body, head, test, args.tasks, alpha, steps, adapted,
                                        (fresh, fresh_head), device)
     print("\nlayer    CKA before vs after inner loop   control: trained vs untrained network")
     for layer in cka:
         (m, c), (cm, cc) = cka[layer], control[layer]
         print(f"{layer:<8} {m:16.3f} ± {c:.3f}           {cm:16.3f} ± {cc:.3f}")
-    png = bar_chart(out / f"{stem}-cka.png", list(cka),
-                    {"before vs after inner loop": [cka[l][0] for l in cka],
-                     "trained vs untrained": [control[l][0] for l in cka]},
-                    errors={"before vs after inner loop": [cka[l][1] for l in cka],
-                            "trained vs untrained": [control[l][1] for l in cka]},
-                    title=f"{algorithm.upper()} on {config['dataset']}: linear CKA per layer, "
-                          f"mean over {args.tasks} tasks", ylabel="CKA")
+    folder.write_png(names[1], lambda png: bar_chart(
+        png, list(cka), {"before vs after inner loop": [cka[l][0] for l in cka],
+                         "trained vs untrained": [control[l][0] for l in cka]},
+        errors={"before vs after inner loop": [cka[l][1] for l in cka],
+                "trained vs untrained": [control[l][1] for l in cka]},
+        title=f"{what} on {dataset_name(config)}: linear CKA per layer, mean over {args.tasks} tasks",
+        ylabel="CKA"))
     result = {"checkpoint": str(args.checkpoint), "algorithm": algorithm, "tasks": args.tasks,
               "freezing": {k: {"accuracy": m, "ci95": c} for k, (m, c) in table.items()},
               "cka_before_after": {k: {"mean": m, "ci95": c} for k, (m, c) in cka.items()},
               "cka_vs_untrained": {k: {"mean": m, "ci95": c} for k, (m, c) in control.items()}}
-    (out / f"{stem}-analysis.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {freezing_png}, {png} and {out / f'{stem}-analysis.json'}")
+    folder.write_json(names[2], result)
+    print(f"wrote {', '.join(str(folder.files[n]) for n in names)}")
     return result
-
 
 if __name__ == "__main__":
     main()

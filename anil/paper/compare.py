@@ -2,64 +2,74 @@
 test accuracy ± 95% CI for ANIL, MAML and NIL (the head dropped, on each trained body and on the
 untrained one), and the time per training iteration and per test task, with MAML/ANIL ratios.
 
-    python -m anil.paper.compare                                   # built-in glyphs, minutes on a CPU
-    python -m anil.paper.compare --dataset omniglot --iterations 5000 --device cuda
-
 Both models start from the same initial weights and see the same training tasks in the same
-order; they are tested on the same test tasks. Outputs in --out: anil.pt and maml.pt (weights and
-config; ``python -m anil.paper.analysis`` reads them), summary.json, and compare.png (accuracy bars).
+order; they are tested on the same test tasks, one task at a time for both (so the timings
+compare the algorithms, not batching). Outputs in --out: anil.pt and maml.pt (weights and
+config; ``python -m anil.paper.analysis`` and ``anil.load_run`` read them), summary.json, and
+compare.png (accuracy bars).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from anil import algorithm, evaluation
-from anil.paper import maml, nil
-from anil.run.cli import add_task_options, dataset_path, fail, positive_int, resolve_device
+from anil import fast
 from anil.data import DatasetError, load_split
+from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
+from anil.paper import maml, nil
+from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
+                          dataset_name, dataset_path, fail, positive_int, resolve_device,
+                          set_threads)
+from anil.run.folder import RunFolder, RunFolderError, fresh_name
 from anil.run.plot import bar_chart
-from anil.run.presets import preset
-from anil.sampler import SamplerError, TaskSampler
+from anil.sampler import SamplerError, TaskSampler, split_seed
 
-# Second-order MAML costs ~10-15x an ANIL step on a CPU (see README), so the built-in dataset's
-# comparison uses a smaller budget than train.py: 32 filters, 4 tasks per step, 200 steps.
-# Other datasets use their presets unchanged.
+# Second-order MAML costs ~10-15x an ANIL step on a CPU (docs/paper.md), so the built-in
+# dataset's comparison uses a smaller budget than train.py: 32 filters, 4 tasks per step, 200
+# steps. Other datasets use their presets unchanged.
 QUICK = {"glyphs": dict(hidden=32, meta_batch=4, iterations=200)}
+OUTPUTS = ("anil.pt", "maml.pt", "summary.json", "compare.png")
+EXAMPLES = """examples:
+  python -m anil.paper.compare                                  built-in glyphs, minutes on a CPU
+  python -m anil.paper.compare --dataset omniglot --iterations 5000 --device cuda
+  python -m anil.paper.analysis --checkpoint runs/compare-glyphs-5w1s/maml.pt   then analyse"""
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m anil.paper.compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m anil.paper.compare", formatter_class=HelpFormatter,
+                                description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     add_task_options(p, iterations_type=positive_int)  # both methods get the same settings
-    p.add_argument("--seed", type=int, default=0, help="seed for the shared initial weights and tasks")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--eval-tasks", type=positive_int, default=300, help="test tasks per method")
-    p.add_argument("--log-every", type=positive_int, default=25)
-    p.add_argument("--out", type=Path, default=None, help="default runs/compare-<dataset>-<N>w<K>s")
+    add_device_options(p, speed=False)
+    out = p.add_argument_group("test and outputs")
+    out.add_argument("--eval-tasks", type=positive_int, default=300, help="test tasks per method")
+    out.add_argument("--log-every", type=positive_int, default=25,
+                     help="print training progress every L iterations")
+    out.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="output folder (default: runs/compare-<dataset>-<N>w<K>s, or a fresh "
+                          "-2, -3, ... if that holds an earlier comparison)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the comparison in --out (default: refuse to touch it)")
     args = p.parse_args(argv)
-    defaults = {**preset(args.dataset), **QUICK.get(args.dataset, {})}
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    apply_preset(args, None if args.data else QUICK.get(args.dataset))
     if args.out is None:
-        args.out = Path("runs") / f"compare-{args.dataset}-{args.ways}w{args.shots}s"
+        args.out = fresh_name(Path("runs") / f"compare-{dataset_name(args)}-{args.ways}w{args.shots}s",
+                              OUTPUTS)
     args.device = resolve_device(args.device)
     return args
 
 
-def train(name, step_fn, init, samplers, args, device):
+def train(name, step_fn, init, make_sampler, args, device):
     """Meta-train one method from the shared initial weights; returns body, head, step times."""
     body, head = init()
     optimizer = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=args.outer_lr)
-    sampler = samplers["train"]()  # a fresh sampler: both methods see the same task sequence
+    sampler = make_sampler()  # a fresh sampler: both methods see the same task sequence
     step_seconds = []
     for it in range(1, args.iterations + 1):
         images, labels = sampler.batch(args.meta_batch)
@@ -86,14 +96,23 @@ def timed(fn):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    set_threads(args.threads)
+    folder = RunFolder(args.out, names=OUTPUTS)
+    try:
+        with folder.open(resuming=False, overwrite=args.overwrite):  # before minutes of training
+            return compare(args, device, folder)
+    except RunFolderError as e:
+        fail(str(e))
 
+
+def compare(args, device, folder):
     # ------------------------------------------------------------------------------- data
     try:
-        path = dataset_path(args.dataset, args.data_root)
+        path = dataset_path(args)
         splits = {s: load_split(path, s) for s in ("train", "test")}
-        samplers = {s: (lambda s=s, i=i: TaskSampler(splits[s], args.ways, args.shots,
-                                                      seed=args.seed * 3 + i, rotate=args.rotate))
-                    for i, s in ((0, "train"), (2, "test"))}
+        samplers = {s: partial(TaskSampler, splits[s], args.ways, args.shots,
+                               seed=split_seed(args.seed, s), rotate=args.rotate)
+                    for s in ("train", "test")}
         test = samplers["test"]()
         samplers["train"]()  # validate ways/shots against the training split now
     except (DatasetError, SamplerError) as e:
@@ -101,10 +120,14 @@ def main(argv=None):
     channels, height, width = splits["train"].image_shape
     if height != width:
         fail(f"{path}: images are {height}x{width}; the conv body expects square images")
+    args.channels, args.image_size = channels, height  # recorded in the config of anil.pt/maml.pt
 
     # ------------------------------------------------------------------------ shared init
     torch.manual_seed(args.seed)
-    body0 = ConvBody(channels, height, hidden=args.hidden)
+    try:
+        body0 = ConvBody(channels, height, hidden=args.hidden)
+    except ValueError as e:  # e.g. images too small for four pooling blocks
+        fail(f"cannot build the network: {e}")
     head0 = make_head(body0.feature_dim, args.ways)
 
     def init():
@@ -113,22 +136,53 @@ def main(argv=None):
         return body.to(device), head.to(device)
 
     order = "first" if args.first_order else "second"
-    print(f"ANIL vs MAML on {args.dataset}: {args.ways}-way {args.shots}-shot, meta-batch "
+    print(f"ANIL vs MAML on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
           f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
           f"at test), {order} order, Adam β={args.outer_lr}, {args.iterations} iterations each, "
-          f"{args.hidden} filters, seed {args.seed}, {args.eval_tasks} test tasks, device {device}",
-          flush=True)
+          f"{args.hidden} filters, seed {args.seed}, {args.eval_tasks} test tasks, device {device}, "
+          f"ANIL head loop {args.head_loop}", flush=True)
 
     # --------------------------------------------------------------------- meta-training
+    # ANIL task by task, like MAML: the body once per task (ANIL's saving), the head loop as chosen.
+    anil_speed = fast.Speed("task", head_loop=args.head_loop)
+    anil_step = partial(fast.train_step, speed=anil_speed)
     models, step_times = {"untrained": init()}, {}
-    for name, step_fn in (("ANIL", algorithm.meta_train_step), ("MAML", maml.meta_train_step)):
-        body, head, seconds = train(name, step_fn, init, samplers, args, device)
+    for name, step_fn in (("ANIL", anil_step), ("MAML", maml.meta_train_step)):
+        body, head, seconds = train(name, step_fn, init, samplers["train"], args, device)
         models[name], step_times[name] = (body, head), seconds
 
     # ------------------------------------------------------------------------- meta-test
+    rows = test_all(models, step_times, test, args, device, anil_speed)
+    summary = report(rows, args)
+
+    # --------------------------------------------------------------------------- outputs
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+              if k != "overwrite"}
+    for name in ("ANIL", "MAML"):
+        body, head = models[name]
+        folder.save(f"{name.lower()}.pt", {"kind": "weights", "body": body.state_dict(),
+                                           "head": head.state_dict(),
+                                           "config": {**config, "algorithm": name.lower()}})
+    folder.write_json("summary.json", {"config": config, **summary})
+    labels = list(rows)
+    folder.write_png("compare.png", lambda png: bar_chart(
+        png, [m.replace(" body)", ")").replace("untrained", "untr.") for m in labels],
+        {"test accuracy": [rows[m]["accuracy"] for m in labels]},
+        errors={"test accuracy": [rows[m]["ci95"] for m in labels]},
+        title=f"{dataset_name(args)} {args.ways}-way {args.shots}-shot, {args.iterations} "
+              f"iterations (chance {1 / args.ways:.2f})",
+        ylabel="test accuracy"))
+    print(f"wrote {args.out}/anil.pt, maml.pt, summary.json, compare.png")
+    return summary
+
+
+def test_all(models, step_times, test, args, device, anil_speed) -> dict:
+    """Test ANIL, MAML and NIL on the same tasks, one task at a time; one row per method."""
     alpha, steps, n = args.inner_lr, args.test_inner_steps, args.eval_tasks
     tests = {
-        "ANIL": ("ANIL", lambda b, h: evaluation.evaluate(b, h, test, n, alpha, steps, device)),
+        "ANIL": ("ANIL", lambda b, h: evaluate(b, h, test, n, alpha, steps, device,
+                                               fast.feature_extractor(b, anil_speed),
+                                               args.head_loop, tasks_per_call=1)),
         "MAML": ("MAML", lambda b, h: maml.evaluate(b, h, test, n, alpha, steps, device)),
         "NIL (ANIL body)": ("ANIL", lambda b, h: nil.evaluate(b, test, n, device)),
         "NIL (MAML body)": ("MAML", lambda b, h: nil.evaluate(b, test, n, device)),
@@ -146,8 +200,11 @@ def main(argv=None):
             # Median: robust to other processes stealing the CPU for a moment.
             rows[method]["train_seconds_per_iteration"] = statistics.median(step_times[method])
         print(f"  tested {method}: {100 * mean:.2f} ± {100 * ci:.2f}% ({seconds:.1f}s)", flush=True)
+    return rows
 
-    # ---------------------------------------------------------------------------- table
+
+def report(rows: dict, args) -> dict:
+    """Print the table and the MAML/ANIL time ratios; returns them for summary.json."""
     anil_row, maml_row = rows["ANIL"], rows["MAML"]
     train_ratio = maml_row["train_seconds_per_iteration"] / anil_row["train_seconds_per_iteration"]
     test_ratio = maml_row["test_seconds_per_task"] / anil_row["test_seconds_per_task"]
@@ -161,26 +218,7 @@ def main(argv=None):
               f"{it_text:>15} {1000 * r['test_seconds_per_task']:>15.1f}")
     print(f"ANIL is {train_ratio:.1f}x faster per training iteration and {test_ratio:.1f}x faster per "
           f"test task than MAML (paper: 1.7x and 4.1x)")
-
-    # --------------------------------------------------------------------------- outputs
-    args.out.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for name, (body, head) in models.items():
-        if name == "untrained":
-            continue
-        torch.save({"body": body.state_dict(), "head": head.state_dict(),
-                    "config": {**config, "algorithm": name.lower()}}, args.out / f"{name.lower()}.pt")
-    summary = {"config": config, "rows": rows, "train_speedup": train_ratio, "test_speedup": test_ratio}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    labels = list(rows)
-    bar_chart(args.out / "compare.png", [m.replace(" body)", ")").replace("untrained", "untr.") for m in labels],
-              {"test accuracy": [rows[m]["accuracy"] for m in labels]},
-              errors={"test accuracy": [rows[m]["ci95"] for m in labels]},
-              title=f"{args.dataset} {args.ways}-way {args.shots}-shot, {args.iterations} iterations "
-                    f"(chance {1 / args.ways:.2f})",
-              ylabel="test accuracy")
-    print(f"wrote {args.out}/anil.pt, maml.pt, summary.json, compare.png")
-    return summary
+    return {"rows": rows, "train_speedup": train_ratio, "test_speedup": test_ratio}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""MAML: the inner loop adapts any chosen subset of the whole network's parameters (DESIGN §1).
+"""MAML: the inner loop adapts any chosen subset of the whole network's parameters (docs/design.md,
+"MAML, NIL and CKA").
 
 Write φ = (θ, w) for all parameters of body and head, and φ_A ⊆ φ for the ones the inner loop
 adapts (the rest, φ_F, stay at their meta-learned values). For task T_i:
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
+from anil.algorithm import outer_step
 from anil.evaluation import mean_ci95
+from anil.sampler import support_query
 
 Params = dict[str, torch.Tensor]
 
@@ -87,11 +90,11 @@ def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor
     if missing:
         raise ValueError(f"cannot adapt unknown parameters {missing}")
     fixed = {k: v for k, v in params.items() if k not in names}
-    support = slice(0, None, 2)
+    support_labels, _ = support_query(labels)
 
     def support_loss(fast):
-        logits = network_forward(body, head, {**fixed, **fast}, images)
-        return F.cross_entropy(logits[support], labels[support])
+        support_logits, _ = support_query(network_forward(body, head, {**fixed, **fast}, images))
+        return F.cross_entropy(support_logits, support_labels)
 
     grad_fn = grad(support_loss)
     fast = {k: params[k] for k in names}
@@ -108,9 +111,9 @@ def task_loss(body, head, images, labels, step_size: float, steps: int, first_or
     """L(Q_i; φ_F, φ_A,i^(S)) for one task, and the query accuracy of the adapted network."""
     params = adapt(body, head, network_params(body, head), images, labels, step_size, steps,
                    first_order, adapted)
-    logits = network_forward(body, head, params, images)[1::2]
-    query_labels = labels[1::2]
-    accuracy = (logits.argmax(1) == query_labels).float().mean()
+    _, logits = support_query(network_forward(body, head, params, images))
+    _, query_labels = support_query(labels)
+    accuracy = (logits.argmax(1) == query_labels).to(logits.dtype).mean()
     return F.cross_entropy(logits, query_labels), accuracy
 
 
@@ -123,24 +126,21 @@ def meta_loss(body, head, images, labels, step_size: float, steps: int, first_or
 
 
 def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
-                    adapted=None):
-    """One outer step of MAML (or of any inner-loop subset ``adapted``) on a meta-batch."""
+                    adapted=None, average=None):
+    """One outer step of MAML (or of any inner-loop subset ``adapted``) on a meta-batch; the
+    same optimizer step as ANIL's (``anil.algorithm.outer_step``, ``average`` for torchrun)."""
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order, adapted)
     loss.backward()
-    optimizer.step()
-    return loss.item(), accuracy.item()
+    return outer_step(optimizer, loss.detach(), accuracy, average)
 
 
 def task_accuracy(body, head, images, labels, step_size: float, steps: int,
                   adapted: list[str] | None = None) -> float:
     """Query accuracy after S inner steps on the support set, adapting ``adapted`` (default all).
-    No outer graph is kept."""
-    params = {k: v.detach() for k, v in network_params(body, head).items()}
-    with torch.no_grad():  # torch.func.grad still differentiates the inner loop
-        params = adapt(body, head, params, images, labels, step_size, steps, adapted=adapted)
-        logits = network_forward(body, head, params, images)[1::2]
-    return (logits.argmax(1) == labels[1::2]).float().mean().item()
+    No outer graph is kept (``torch.func.grad`` still differentiates the inner loop)."""
+    with torch.no_grad():
+        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)[1].item()
 
 
 def evaluate(body, head, sampler, num_tasks: int, step_size: float, steps: int, device="cpu",

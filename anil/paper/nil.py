@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from anil.evaluation import mean_ci95
+from anil.sampler import support_query
 
 
 def nil_probabilities(support_features: torch.Tensor, support_labels: torch.Tensor,
@@ -34,10 +35,11 @@ def nil_probabilities(support_features: torch.Tensor, support_labels: torch.Tens
 def task_accuracy(body, images: torch.Tensor, labels: torch.Tensor) -> float:
     """NIL's query accuracy on one task (support at even positions, query at odd)."""
     with torch.no_grad():
-        features = body(images)
+        (support_features, query_features), (support_labels, query_labels) = (
+            support_query(body(images)), support_query(labels))
         ways = int(labels.max()) + 1
-        probs = nil_probabilities(features[0::2], labels[0::2], features[1::2], ways)
-    return (probs.argmax(1) == labels[1::2]).float().mean().item()
+        probs = nil_probabilities(support_features, support_labels, query_features, ways)
+    return (probs.argmax(1) == query_labels).float().mean().item()
 
 
 def evaluate(body, sampler, num_tasks: int, device="cpu"):

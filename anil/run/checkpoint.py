@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anil.model import ConvBody, make_head
+
 FORMAT = "anil"  # every file this project writes carries {"format": FORMAT, "version": VERSION}
 VERSION = 1
 
@@ -49,6 +51,14 @@ def save(obj: dict, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch's zip writer reports a failed write (a full disk, a quota) as a RuntimeError
+        # ("unexpected pos ..."), chained to the OSError that caused it: surface the OSError.
+        tmp.unlink(missing_ok=True)
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise OSError(f"torch.save could not write {path} ({str(e).strip().splitlines()[0][:120]})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -72,7 +82,7 @@ def load(path: str | Path, kind: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; give the folder of a run written by train.py "
-                              f"(it holds checkpoint.pt)")
+                              f"(it holds checkpoint.pt) or one of its .pt files")
     advice = "delete it, or use another copy"
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory comes last
         raise CheckpointError(f"{path} is truncated or corrupt (not a complete torch zip archive); "
@@ -162,3 +172,59 @@ def dataset_fingerprint(path: str | Path, full_below: int = 64 << 20, blocks: in
                 f.seek(size * i // blocks)
                 h.update(f.read(block_size))
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading a saved run
+
+WEIGHT_FILES = {"best": "best.pt", "last": "checkpoint.pt"}
+
+
+def read_weights(path: str | Path, weights: str = "best") -> tuple[Path, dict]:
+    """(file, contents) of a saved network: ``path`` is a run folder (its best.pt, or its
+    checkpoint.pt with ``weights="last"`` or when no validation ran) or any .pt file written by
+    train.py or ``anil.paper.compare``. Raises CheckpointError with a one-line message."""
+    path = Path(path)
+    file = path / WEIGHT_FILES[weights] if path.is_dir() else path
+    if path.is_dir() and weights == "best" and not file.exists():
+        file = path / WEIGHT_FILES["last"]  # a run without validation has no best.pt
+    saved = load(file)
+    if not {"body", "head", "config"} <= set(saved):
+        raise CheckpointError(f"{file} holds no network weights; give a run folder or its "
+                              f"best.pt, checkpoint.pt or model.pt")
+    return file, saved
+
+
+def image_shape(config: dict) -> tuple[int, int, int]:
+    """(channels, height, width) of the images a run was trained on."""
+    return config["channels"], config["image_size"], config["image_size"]
+
+
+def network_from(saved: dict, ways: int | None = None):
+    """The body and head of ``saved`` (a dict from ``read_weights``), on the CPU. With ``ways``
+    other than the saved head's, the head is a new one of that width, initialised to zero."""
+    config = saved["config"]
+    channels, size, _ = image_shape(config)
+    body = ConvBody(channels, size, hidden=config["hidden"])
+    head = make_head(body.feature_dim, ways or config["ways"])
+    try:
+        body.load_state_dict(saved["body"])
+        if saved["head"]["weight"].shape == head.weight.shape:
+            head.load_state_dict(saved["head"])
+        else:
+            torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"the saved weights do not fit a {config['hidden']}-filter body on "
+                              f"{channels}x{size}x{size} images ({str(e).splitlines()[0][:120]})") from None
+    return body, head
+
+
+def load_run(path: str | Path, weights: str = "best"):
+    """``(body, head, config)`` of a saved run, ready to evaluate or fine-tune:
+
+        body, head, config = anil.load_run("runs/glyphs-5w1s")     # its best-validated weights
+
+    ``path`` is a run folder or one of its .pt files (see ``read_weights``); ``config`` holds
+    the run's settings (ways, shots, inner_lr, test_inner_steps, seed, dataset, ...)."""
+    _, saved = read_weights(path, weights)
+    body, head = network_from(saved)
+    return body, head, dict(saved["config"])

@@ -1,5 +1,9 @@
-"""Small helpers shared by the command-line tools (``anil.paper.compare``, ``anil.paper.analysis``): argument
-types that reject bad values with one line, and opening a prepared dataset."""
+"""What every command shares: argument types that reject bad values in one line, the option
+groups (task, device and threads, speed), presets filled in after parsing, the device choice,
+and opening a dataset by preset name (``--dataset``) or by path (``--data``).
+
+Every error a user can cause ends in ``fail``: one line on stderr, exit status 2 (as argparse).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .presets import PRESETS, preset
+from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
+from anil.run.presets import OWN_DATA, PRESETS, preset
+
+SEED_LIMIT = 2 ** 32  # numpy's global seed must lie in [0, 2**32)
+
+
+# ------------------------------------------------------------------------------ argument types
 
 
 def positive_int(text):
@@ -42,31 +52,157 @@ def positive_float(text):
     return value
 
 
-def add_task_options(p: argparse.ArgumentParser, iterations_type=None) -> None:
-    """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``. Those marked
-    (preset) default to None and are filled in from the dataset's preset after parsing."""
-    p.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
-                   help="dataset; its preset sets every default marked 'preset'")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder of prepared datasets")
-    p.add_argument("--ways", type=positive_int, help="N classes per task (preset)")
-    p.add_argument("--shots", type=positive_int, help="K support (and K query) images per class (preset)")
-    p.add_argument("--meta-batch", type=positive_int, help="tasks per outer step (preset)")
-    p.add_argument("--inner-lr", type=positive_float, help="inner step size α (preset)")
-    p.add_argument("--inner-steps", type=non_negative_int, help="inner steps while training (preset)")
-    p.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps at val/test (preset)")
-    p.add_argument("--outer-lr", type=positive_float, help="Adam learning rate β (preset)")
-    p.add_argument("--iterations", type=iterations_type or non_negative_int, help="outer steps (preset)")
-    p.add_argument("--first-order", action="store_true", help="first-order (no Hessian terms)")
-    p.add_argument("--hidden", type=positive_int, help="conv filters per block (preset)")
+def seed(text):
+    """A random seed: an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must lie in 0..{SEED_LIMIT - 1}, got {text}")
+    return value
+
+
+# ------------------------------------------------------------------------------- help output
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's and epilog's line breaks, and shows "(default: X)" only for
+    options that have a real default and do not already say it (preset options say theirs)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" not in text and "preset" not in text and action.default not in
+                (None, False, argparse.SUPPRESS) and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+def preset_values(key: str) -> str:
+    """'glyphs 5; omniglot, omniglot-rot 20; ...': a preset option's value per dataset."""
+    by_value = {}
+    for name, values in PRESETS.items():
+        by_value.setdefault(values[key], []).append(name)
+    by_value.setdefault(OWN_DATA[key], []).append("--data")
+    return "; ".join(f"{', '.join(names)} {value:g}" if isinstance(value, float) else
+                     f"{', '.join(names)} {value}" for value, names in by_value.items())
+
+
+def _preset_option(group, flag, key, text, **kwargs):
+    group.add_argument(flag, default=None, help=f"{text} (preset: {preset_values(key)})", **kwargs)
+
+
+def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
+    """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``.
+    Those marked (preset) default to None and are filled in by ``apply_preset``."""
+    task = p.add_argument_group("dataset and task")
+    source = task.add_mutually_exclusive_group()
+    source.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
+                        help="a dataset by name; its preset sets every default marked 'preset'")
+    source.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="any prepared dataset folder (e.g. one made by python -m "
+                             "data_prep.folder); image size from its meta.json")
+    task.add_argument("--data-root", type=Path, default=Path("data"),
+                      help="folder that holds the named datasets")
+    _preset_option(task, "--ways", "ways", "N, classes per task", type=positive_int)
+    _preset_option(task, "--shots", "shots", "K, support (and query) images per class",
+                   type=positive_int)
+    task.add_argument("--seed", type=seed, default=0,
+                      help="seed of the initial weights and of the train/val/test task streams")
+    algo = p.add_argument_group("ANIL (inner and outer loop)")
+    _preset_option(algo, "--meta-batch", "meta_batch", "B, tasks per outer step", type=positive_int)
+    _preset_option(algo, "--inner-lr", "inner_lr", "α, inner step size", type=positive_float)
+    _preset_option(algo, "--inner-steps", "inner_steps", "S, inner steps while training",
+                   type=non_negative_int)
+    _preset_option(algo, "--test-inner-steps", "test_inner_steps",
+                   "inner steps at validation and test", type=non_negative_int)
+    _preset_option(algo, "--outer-lr", "outer_lr", "β, Adam's learning rate", type=positive_float)
+    _preset_option(algo, "--iterations", "iterations", "outer steps",
+                   type=iterations_type or non_negative_int)
+    algo.add_argument("--first-order", action="store_true",
+                      help="first-order ANIL: inner gradients treated as constants")
+    _preset_option(algo, "--hidden", "hidden", "conv filters per block", type=positive_int)
+    return task
+
+
+def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop: bool = True):
+    """--device and --threads, --head-loop unless ``head_loop=False``, and with ``speed`` the
+    fast path's options (anil/fast.py)."""
+    group = p.add_argument_group("device and speed (none of these changes the math)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="auto: cuda if available, else mps (Apple GPUs), else cpu")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help=f"CPU threads torch may use (default: torch's, "
+                            f"{torch.get_num_threads()} here); use 1 when other jobs share the cores")
+    if head_loop:
+        group.add_argument("--head-loop", choices=HEAD_LOOPS, default="torch.func",
+                           help="the inner loop: torch.func (grad + functional_call, vmapped over "
+                                "tasks) or its closed form (linear head; fewer operations)")
+    if not speed:
+        return group
+    group.add_argument("--strategy", choices=[*STRATEGIES, "reference"], default=None,
+                       help="tasks per head-loop call and body backward: 1 (task), --chunk-size "
+                            "(chunk) or all (vmap); 'reference' runs the readable "
+                            "anil.algorithm path (default: vmap)")
+    group.add_argument("--chunk-size", type=positive_int, default=8,
+                       help="tasks per chunk for --strategy chunk")
+    group.add_argument("--batch-body", action=argparse.BooleanOptionalAction, default=None,
+                       help="one body call for all tasks of a chunk, per-task batch norm "
+                            "(default: on GPUs only)")
+    group.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="bfloat16: autocast of the body (changes rounding)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="channels-last memory format for the conv body")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the body (pays off on long GPU runs)")
+    return group
+
+
+def apply_preset(args, extra: dict | None = None) -> None:
+    """Fill every option left at None from the preset of ``--dataset`` (or the defaults for
+    ``--data``), then from ``extra`` (e.g. a command's own quicker budget)."""
+    values = {**(OWN_DATA if getattr(args, "data", None) else preset(args.dataset)), **(extra or {})}
+    for key, value in values.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def dataset_name(args) -> str:
+    """How runs and messages name the dataset: the preset name, or the --data folder's name."""
+    return Path(args.data).name if getattr(args, "data", None) else args.dataset
+
+
+# ----------------------------------------------------------------------------- device, threads
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 def resolve_device(choice: str) -> str:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a one-line error."""
+    """``auto`` → cuda, else mps, else cpu; an unavailable device is a one-line error."""
+    available = available_devices()
     if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available here; use --device cpu")
+        return next(d for d in ("cuda", "mps", "cpu") if d in available)
+    if choice not in available:
+        fail(f"--device {choice}: no {choice.upper()} device is available here; available: "
+             f"{', '.join(available)}")
     return choice
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` CPU threads (None: leave torch's default); returns the number in use."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------------------ errors, data
 
 
 def fail(message: str):
@@ -75,13 +211,20 @@ def fail(message: str):
     sys.exit(2)
 
 
-def dataset_path(dataset: str, data_root: Path) -> Path:
-    """The prepared dataset's folder; the built-in glyphs are generated on first use."""
-    if dataset == "glyphs":
+def dataset_path(args) -> Path:
+    """The prepared dataset's folder: ``--data`` as given, or ``<data-root>/<dataset>`` (the
+    built-in glyphs are generated there on first use)."""
+    if getattr(args, "data", None):
+        path = Path(args.data)
+        if not (path / "meta.json").is_file():
+            fail(f"--data {path}: not a prepared dataset (no meta.json); make one with  python -m "
+                 f"data_prep.folder --source IMAGES --out {path} --size 28")
+        return path
+    if args.dataset == "glyphs":
         from data_prep.glyphs import ensure
-        return ensure(data_root, seed=0)
-    path = Path(data_root) / dataset
+        return ensure(args.data_root, seed=0)
+    path = Path(args.data_root) / args.dataset
     if not (path / "meta.json").is_file():
-        fail(f"no prepared {dataset} dataset at {path}; prepare it with: "
-             + preset(dataset).get("prepare", "its data_prep script").format(root=data_root))
+        fail(f"no prepared {args.dataset} dataset at {path}; prepare it with: "
+             + preset(args.dataset).get("prepare", "its data_prep script").format(root=args.data_root))
     return path

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from anil.evaluation import mean_ci95, task_accuracy
+from anil.evaluation import accuracies_of, mean_ci95
 
 
 class DistributedError(RuntimeError):
@@ -219,12 +219,12 @@ def gather_task_values(ctx: Context, mine, num_tasks: int) -> list[float]:
 
 
 def evaluate_sharded(ctx: Context, body, head, sampler, num_tasks: int, step_size: float,
-                     steps: int):
+                     steps: int, **options):
     """``anil.evaluation.evaluate`` with the tasks split across processes: the same tasks, the
-    same (mean, ci95, per-task accuracies) on every process."""
-    mine = [task_accuracy(body, head, task.images.to(ctx.device), task.labels.to(ctx.device),
-                          step_size, steps)
-            for task in map(sampler.task, range(ctx.rank, num_tasks, ctx.world_size))]
+    same (mean, ci95, per-task accuracies) on every process. ``options`` go to
+    ``accuracies_of`` (features_fn, head_loop, progress, ...)."""
+    mine = accuracies_of(body, head, sampler, range(ctx.rank, num_tasks, ctx.world_size),
+                         step_size, steps, ctx.device, **options)
     accuracies = gather_task_values(ctx, mine, num_tasks)
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies

@@ -19,11 +19,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from .plot import line_chart
+
+
+def strict_json(value):
+    """``value`` with every nan or inf float replaced by None, so that ``json.dumps`` writes
+    strict JSON (which Python's json module would otherwise extend with NaN and Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 class MetricsLog:
@@ -34,38 +47,50 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
 
     def rows(self) -> list[dict]:
-        return read_metrics(self.path)
+        return read_metrics(self.path) if self.path.exists() else []
 
-    def truncate_after(self, iteration: int) -> None:
+    def truncate_after(self, iteration: int) -> int:
         """Drop rows past ``iteration`` (logged after the checkpoint a run resumes from), so the
-        resumed run's rows follow on without duplicates. Rewritten atomically."""
+        resumed run's rows follow on without duplicates, and damaged lines (the checkpoint, not
+        this log, is what a run resumes from). Rewritten atomically; returns the number of
+        damaged lines dropped."""
         if not self.path.exists():
-            return
-        kept = [r for r in self.rows() if r["iteration"] <= iteration]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics log. A last line cut short by a crash is ignored; a damaged line
-    anywhere else raises ValueError naming it."""
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
+            return 0
+        damaged = []
+        kept = [r for r in read_metrics(self.path, damaged) if r["iteration"] <= iteration]
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "iteration" not in row:
-                raise ValueError("no iteration")
-            rows.append(row)
-        except ValueError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number} is not a metrics row: {line[:80]!r}") from None
+            tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(damaged)
+
+
+def _is_row(row) -> bool:
+    return (isinstance(row, dict) and type(row.get("iteration")) is int and row["iteration"] >= 0
+            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                    for k, v in row.items()))
+
+
+def read_metrics(path: str | Path, damaged: list | None = None) -> list[dict]:
+    """The rows of a metrics log. A line that is not a metrics row (cut short by a crash,
+    damaged on disk, edited by hand) is skipped; its line number is appended to ``damaged``
+    if a list is given."""
+    rows = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                row = None
+            if _is_row(row):
+                rows.append(row)
+            elif raw.strip() and damaged is not None:
+                damaged.append(number)
     return rows
 
 
@@ -98,21 +123,29 @@ def main(argv=None):
     p.add_argument("--output", type=Path, default=None, help="PNG to write (default RUN/curve.png)")
     args = p.parse_args(argv)
     log = args.run / "metrics.jsonl"
+    damaged = []
     try:
-        rows = read_metrics(log)
+        rows = read_metrics(log, damaged)
     except FileNotFoundError:
         sys.exit(f"error: {log} does not exist; give the folder of a run written by train.py")
-    except (ValueError, UnicodeDecodeError) as e:
-        sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: cannot read {log} ({e.strerror or e})")
+    if damaged:
+        print(f"note: skipped {len(damaged)} damaged line(s) of {log} (line {damaged[0]}"
+              f"{', ...' if len(damaged) > 1 else ''})")
     if not rows:
         sys.exit(f"error: {log} has no rows yet; wait for the first logged iteration")
     best = best_validation(rows)
-    out = plot_learning_curve(rows, args.output or args.run / "curve.png", title=args.run.name,
-                              best_iteration=best and best["iteration"])
+    output = args.output or args.run / "curve.png"
+    try:
+        out = plot_learning_curve(rows, output, title=args.run.name,
+                                  best_iteration=best and best["iteration"])
+    except OSError as e:
+        sys.exit(f"error: cannot write {output} ({e.strerror or e}); give a writable place with "
+                 f"--output")
     print(f"wrote {out} ({len(rows)} rows, up to iteration {rows[-1]['iteration']}"
           + (f"; best validation {100 * best['val_accuracy']:.2f}% at iteration {best['iteration']})"
              if best else ")"))
-
 
 if __name__ == "__main__":
     main()

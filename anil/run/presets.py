@@ -1,8 +1,9 @@
 """Per-dataset defaults for train.py; every value can be overridden on the command line.
 
-The real datasets default to the reference settings of DESIGN §4: the MAML reference code
-(cbfinn/maml README commands) for Omniglot and mini-ImageNet, learn2learn's
-examples/vision/anil_fc100.py for CIFAR-FS and FC100. ``prepare`` is the command that makes the
+The real datasets default to their published reference settings (docs/paper.md): the MAML
+reference code (cbfinn/maml README commands) for Omniglot and mini-ImageNet, learn2learn's
+examples/vision/anil_fc100.py for CIFAR-FS and FC100. ``OWN_DATA`` holds the defaults for any
+other prepared dataset (``--data DIR``); its image size comes from the dataset's meta.json. ``prepare`` is the command that makes the
 prepared folder ``<root>/<dataset>``; train.py prints it when that folder is missing.
 """
 
@@ -48,3 +49,9 @@ def preset(name: str) -> dict:
     if name not in PRESETS:
         raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     return dict(PRESETS[name])
+
+
+# Any other prepared dataset (train.py --data DIR): the common 5-way 1-shot setting with the
+# MAML reference's inner loop (α = 0.1, 5 steps, 10 at test) and Adam 1e-3.
+OWN_DATA = dict(ways=5, shots=1, hidden=64, meta_batch=8, inner_lr=0.1, inner_steps=5,
+                test_inner_steps=10, outer_lr=1e-3, iterations=2_000, rotate=False)
