@@ -155,10 +155,12 @@ def main(argv=None):
         print(f"{name:<24} {100 * mean:8.2f} ± {100 * ci:.2f}%")
 
     freezing_png = bar_chart(out / f"{stem}-freezing.png", list(table),
-                             {"test accuracy": [m for m, _ in table.values()]},
-                             errors={"test accuracy": [c for _, c in table.values()]},
+                             {"test accuracy": [100 * m for m, _ in table.values()]},
+                             errors={"test accuracy": [100 * c for _, c in table.values()]},
                              title=f"{algorithm.upper()} on {config['dataset']}: layers frozen at "
-                                   f"test time ({args.tasks} tasks)", ylabel="test accuracy")
+                                   f"test time ({args.tasks} tasks)", ylabel="test accuracy",
+                             ylim=(0, 100), chance=100 / config["ways"], tick_format="{:g}%",
+                             value_format="{value:.1f} ± {error:.1f}%")
 
     # ------------------------------------------------------------ feature reuse (paper §3.2)
     adapted = None if algorithm == "maml" else maml.layer_params(body, head, ["head"])
@@ -177,7 +179,8 @@ def main(argv=None):
                     errors={"before vs after inner loop": [cka[l][1] for l in cka],
                             "trained vs untrained": [control[l][1] for l in cka]},
                     title=f"{algorithm.upper()} on {config['dataset']}: linear CKA per layer, "
-                          f"mean over {args.tasks} tasks", ylabel="CKA")
+                          f"mean over {args.tasks} tasks", ylabel="linear CKA (similarity, 0 to 1)",
+                    ylim=(0, 1), value_format="{value:.2f}")
     result = {"checkpoint": str(args.checkpoint), "algorithm": algorithm, "tasks": args.tasks,
               "freezing": {k: {"accuracy": m, "ci95": c} for k, (m, c) in table.items()},
               "cka_before_after": {k: {"mean": m, "ci95": c} for k, (m, c) in cka.items()},

@@ -173,12 +173,13 @@ def main(argv=None):
     summary = {"config": config, "rows": rows, "train_speedup": train_ratio, "test_speedup": test_ratio}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     labels = list(rows)
-    bar_chart(args.out / "compare.png", [m.replace(" body)", ")").replace("untrained", "untr.") for m in labels],
-              {"test accuracy": [rows[m]["accuracy"] for m in labels]},
-              errors={"test accuracy": [rows[m]["ci95"] for m in labels]},
-              title=f"{args.dataset} {args.ways}-way {args.shots}-shot, {args.iterations} iterations "
-                    f"(chance {1 / args.ways:.2f})",
-              ylabel="test accuracy")
+    bar_chart(args.out / "compare.png", labels,
+              {"test accuracy": [100 * rows[m]["accuracy"] for m in labels]},
+              errors={"test accuracy": [100 * rows[m]["ci95"] for m in labels]},
+              title=f"{args.dataset} {args.ways}-way {args.shots}-shot: {args.iterations} training "
+                    f"iterations, {args.eval_tasks} test tasks",
+              ylabel="test accuracy", ylim=(0, 100), chance=100 / args.ways, tick_format="{:g}%",
+              value_format="{value:.1f} ± {error:.1f}%")
     print(f"wrote {args.out}/anil.pt, maml.pt, summary.json, compare.png")
     return summary
 
