@@ -150,10 +150,11 @@ def analyse(body, head, test, config, algorithm, args, folder, names, device):
     for name, (mean, ci) in table.items():
         print(f"{name:<24} {100 * mean:8.2f} ± {100 * ci:.2f}%")
     folder.write_png(names[0], lambda png: bar_chart(
-        png, list(table), {"test accuracy": [m for m, _ in table.values()]},
-        errors={"test accuracy": [c for _, c in table.values()]},
+        png, list(table), {"test accuracy": [100 * m for m, _ in table.values()]},
+        errors={"test accuracy": [100 * c for _, c in table.values()]},
         title=f"{what} on {dataset_name(config)}: layers frozen at test time ({args.tasks} tasks)",
-        ylabel="test accuracy"))
+        ylabel="test accuracy", ylim=(0, 100), chance=100 / config.ways, tick_format="{:g}%",
+        value_format="{value:.1f} ± {error:.1f}%"))
 
     # ------------------------------------------------------------ feature reuse (paper §3.2)
     adapted = None if algorithm == "maml" else maml.layer_params(body, head, ["head"])
@@ -172,7 +173,7 @@ def analyse(body, head, test, config, algorithm, args, folder, names, device):
         errors={"before vs after inner loop": [cka[l][1] for l in cka],
                 "trained vs untrained": [control[l][1] for l in cka]},
         title=f"{what} on {dataset_name(config)}: linear CKA per layer, mean over {args.tasks} tasks",
-        ylabel="CKA"))
+        ylabel="linear CKA (similarity, 0 to 1)", ylim=(0, 1), value_format="{value:.2f}"))
     result = {"checkpoint": str(args.checkpoint), "algorithm": algorithm, "tasks": args.tasks,
               "freezing": {k: {"accuracy": m, "ci95": c} for k, (m, c) in table.items()},
               "cka_before_after": {k: {"mean": m, "ci95": c} for k, (m, c) in cka.items()},

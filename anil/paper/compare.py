@@ -166,12 +166,12 @@ def compare(args, device, folder):
     folder.write_json("summary.json", {"config": config, **summary})
     labels = list(rows)
     folder.write_png("compare.png", lambda png: bar_chart(
-        png, [m.replace(" body)", ")").replace("untrained", "untr.") for m in labels],
-        {"test accuracy": [rows[m]["accuracy"] for m in labels]},
-        errors={"test accuracy": [rows[m]["ci95"] for m in labels]},
-        title=f"{dataset_name(args)} {args.ways}-way {args.shots}-shot, {args.iterations} "
-              f"iterations (chance {1 / args.ways:.2f})",
-        ylabel="test accuracy"))
+        png, labels, {"test accuracy": [100 * rows[m]["accuracy"] for m in labels]},
+        errors={"test accuracy": [100 * rows[m]["ci95"] for m in labels]},
+        title=f"{dataset_name(args)} {args.ways}-way {args.shots}-shot: {args.iterations} training "
+              f"iterations, {args.eval_tasks} test tasks",
+        ylabel="test accuracy", ylim=(0, 100), chance=100 / args.ways, tick_format="{:g}%",
+        value_format="{value:.1f} ± {error:.1f}%"))
     print(f"wrote {args.out}/anil.pt, maml.pt, summary.json, compare.png")
     return summary
 

@@ -176,7 +176,7 @@ class RunFolder:
         rows = self.metrics.rows() if self.writes else []
         if rows:
             self.write_png("curve.png", lambda path: plot_learning_curve(
-                rows, path, title=self.path.name, best_iteration=best_iteration))
+                rows, path, title=self.path.name, best_iteration=best_iteration, chance=chance))
 
     def truncate_metrics(self, iteration: int) -> int:
         """On resume: drop metrics rows past the checkpoint's ``iteration`` and damaged lines;

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from .plot import line_chart
+from .plot import learning_curve_figure
 
 
 def strict_json(value):
@@ -95,26 +95,28 @@ def read_metrics(path: str | Path, damaged: list | None = None) -> list[dict]:
 
 
 def plot_learning_curve(rows: list[dict], path: str | Path, title: str = "learning curve",
-                        best_iteration: int | None = None) -> Path:
-    """Meta-train and validation accuracy (%) against iteration, as a PNG."""
-    train = [(r["iteration"], 100 * r["accuracy"]) for r in rows if "accuracy" in r]
-    val = [(r["iteration"], 100 * r["val_accuracy"]) for r in rows if "val_accuracy" in r]
-    series = {}
-    if train:
-        series["meta-train (query)"] = tuple(zip(*train))
-    if val:
-        series["validation"] = tuple(zip(*val))
-    best = [v for v in val if v[0] == best_iteration]
-    if best:
-        series[f"best (iteration {best_iteration})"] = ([best[0][0]], [best[0][1]])
-    return line_chart(path, series, title=title, xlabel="iteration", ylabel="accuracy (%)",
-                      ylim=(0, 100))
+                        best_iteration: int | None = None, chance: float | None = None) -> Path:
+    """The learning curve as a PNG, two panels against iteration: accuracy (%) on top (meta-train
+    query accuracy, validation accuracy with its 95% CI band, the best validation point, and
+    ``chance``, a fraction such as 1/ways, as a dashed line), the meta-train query loss below.
+    Rows may lack any key; NaN and infinite values are skipped (``plot.learning_curve_figure``)."""
+    return learning_curve_figure(rows, title=title, best_iteration=best_iteration,
+                                 chance=chance).save(path)
 
 
 def best_validation(rows: list[dict]):
     """The validation row with the highest accuracy (the earliest one on ties), or None."""
     val = [r for r in rows if "val_accuracy" in r]
     return max(val, key=lambda r: (r["val_accuracy"], -r["iteration"])) if val else None
+
+
+def chance_of(run: Path):
+    """1/N for the run's N-way tasks, from its checkpoint (None if it cannot be read)."""
+    from anil.run import checkpoint  # here: the checkpoint module needs the model, plots do not
+    try:
+        return 1 / checkpoint.load(run / "checkpoint.pt")["config"]["ways"]
+    except (checkpoint.CheckpointError, KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def main(argv=None):
@@ -139,7 +141,8 @@ def main(argv=None):
     output = args.output or args.run / "curve.png"
     try:
         out = plot_learning_curve(rows, output, title=args.run.name,
-                                  best_iteration=best and best["iteration"])
+                                  best_iteration=best and best["iteration"],
+                                  chance=chance_of(args.run))
     except OSError as e:
         sys.exit(f"error: cannot write {output} ({e.strerror or e}); give a writable place with "
                  f"--output")
