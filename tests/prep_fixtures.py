@@ -164,3 +164,17 @@ def mini_imagenet_pickle(path: Path, wnids: list[str], per_class=3, protocol=4, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(data, protocol=protocol))
     return data
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width`` × ``height`` 1-bit pixels, with a tiny pixel stream:
+    what a decompression bomb looks like to a decoder that checks the size before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
