@@ -380,3 +380,18 @@ def test_runs_options_that_do_not_apply_are_argparse_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         omniglot.main(["--runs", "--root", str(tmp_path), "--split", "vinyals"])
     assert e.value.code == 2 and "--runs prepares only the one-shot runs; --split" in capsys.readouterr().err
+
+
+def test_runs_interrupted_leave_the_previous_runs_and_no_temporary(runs_zip, tmp_path, monkeypatch):
+    archive, _ = runs_zip
+    out = omniglot.prepare_runs(tmp_path / "data", archive)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(episodes, "parse_run", interrupted)
+    code = common.run_cli(omniglot.main, ["--runs", "--root", str(tmp_path / "data"), "--source", str(archive)])
+    assert code == 130
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["omniglot-runs"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
