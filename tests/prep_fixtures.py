@@ -164,3 +164,82 @@ def mini_imagenet_pickle(path: Path, wnids: list[str], per_class=3, protocol=4, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(data, protocol=protocol))
     return data
+
+
+def make_omniglot_zip(path: Path, top: str, alphabets: dict[str, int], drawers=2, first_id=0) -> dict[str, int]:
+    """One Omniglot zip in the real layout ``<top>/<alphabet>/characterNN/<id>_<drawer>.png``
+    (105×105 1-bit PNGs, ``omniglot_png``), e.g. ``top="images_background_small1"`` for the
+    minimal split 1. Returns {"<alphabet>/characterNN": character id}, ids from ``first_id``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = {}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{top}/", b"")  # the real zips list their folders too
+        for alphabet, count in alphabets.items():
+            for c in range(1, count + 1):
+                key = f"{alphabet}/character{c:02d}"
+                ids[key] = first_id + len(ids)
+                for d in range(1, drawers + 1):
+                    zf.writestr(f"{top}/{key}/{ids[key] + 1:04d}_{d:02d}.png", omniglot_png(ids[key], d))
+    return ids
+
+
+def runs_pairing(runs: int, classes: int, seed=0) -> dict[str, list[int]]:
+    """For each run ``runNN``: the class (1-based) of each query item01.., a permutation."""
+    rng = np.random.default_rng(seed)
+    return {f"run{r:02d}": [int(c) + 1 for c in rng.permutation(classes)] for r in range(1, runs + 1)}
+
+
+def run_png(run: int, index: int, query: bool) -> bytes:
+    """The image a runs fixture stores: Omniglot-like, distinct per run and class; a query is
+    another drawer of the same character as its class image."""
+    return omniglot_png(run * 5 + index, 2 if query else 1)
+
+
+def write_runs(files: dict, pairing: dict[str, list[int]], prefix="", newline="\n") -> None:
+    """Fill ``files[path] = bytes`` with the one-shot runs layout: runNN/training/classJJ.png,
+    runNN/test/itemKK.png and runNN/class_labels.txt ("runNN/test/itemKK.png runNN/training/classJJ.png"
+    per query, paths relative to the folder holding runNN)."""
+    for run, classes in pairing.items():
+        r = int(run[3:])
+        for j in range(1, len(classes) + 1):
+            files[f"{prefix}{run}/training/class{j:02d}.png"] = run_png(r, j, query=False)
+        lines = []
+        for k, j in enumerate(classes, 1):
+            files[f"{prefix}{run}/test/item{k:02d}.png"] = run_png(r, j, query=True)
+            lines.append(f"{run}/test/item{k:02d}.png {run}/training/class{j:02d}.png")
+        files[f"{prefix}{run}/class_labels.txt"] = (newline.join(lines) + newline).encode()
+
+
+def make_runs_folder(folder: Path, pairing: dict[str, list[int]], newline="\n") -> Path:
+    """The extracted one-shot runs: ``folder/runNN/...``."""
+    files = {}
+    write_runs(files, pairing, newline=newline)
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def make_runs_zip(path: Path, pairing: dict[str, list[int]], top: str = "") -> Path:
+    """``all_runs.zip``: the run folders at the top of the zip, or under ``top`` (e.g. "all_runs/")."""
+    files = {}
+    write_runs(files, pairing, prefix=top)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width`` × ``height`` 1-bit pixels, with a tiny pixel stream:
+    what a decompression bomb looks like to a decoder that checks the size before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
