@@ -51,6 +51,21 @@ def task_accuracies(body, head, images, labels, step_size: float, steps: int,
     return accuracies
 
 
+def episode_accuracy(body, head, support_images, support_labels, query_images, query_labels,
+                     step_size: float, steps: int, head_loop: str = "torch.func") -> float:
+    """Query accuracy of one given episode, with any number of support and query images per
+    class (e.g. the Omniglot one-shot runs). Support and query go through the body in one call
+    (batch-norm statistics of the whole episode), then ``adapt_and_score`` as for any task."""
+    params = {k: v.detach() for k, v in head.named_parameters()}
+    with torch.no_grad():
+        features = body(torch.cat([support_images, query_images])).to(params["weight"].dtype)
+        support_features, query_features = features[:len(support_images)], features[len(support_images):]
+        # A batch of one task, so that both head loops (vmapped torch.func, closed form) apply.
+        _, accuracy = HEAD_LOOP[head_loop](head, params, support_features[None], support_labels[None],
+                                           query_features[None], query_labels[None], step_size, steps)
+    return accuracy.item()
+
+
 def accuracies_of(body, head, sampler: TaskSampler, task_ids, step_size: float, steps: int,
                   device="cpu", features_fn=None, head_loop: str = "torch.func",
                   tasks_per_call: int = 8, progress=None) -> list[float]:

@@ -141,7 +141,7 @@ def test_a_huge_outer_learning_rate_ends_in_one_line_not_nan_results(glyph_root,
     (["--strategy", "reference", "--head-loop", "closed-form"], "--head-loop closed-form applies to the fast path"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
     (["--threads", "0"], "--threads: must be a positive integer"),
-    (["--data", "x", "--dataset", "omniglot"], "not allowed with argument"),
+    (["--data", "no/such/folder"], "--data no/such/folder: not a prepared dataset (no meta.json)"),
 ])
 def test_bad_values_get_one_line(args, message, capsys):
     code, _, err = in_process(args, capsys)

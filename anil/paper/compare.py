@@ -57,7 +57,7 @@ def parse_args(argv=None):
     out.add_argument("--overwrite", action="store_true",
                      help="replace the comparison in --out (default: refuse to touch it)")
     args = p.parse_args(argv)
-    apply_preset(args, None if args.data else QUICK.get(args.dataset))
+    apply_preset(args, None if args.data else QUICK.get(args.dataset or "glyphs"))
     if args.out is None:
         args.out = fresh_name(Path("runs") / f"compare-{dataset_name(args)}-{args.ways}w{args.shots}s",
                               OUTPUTS)

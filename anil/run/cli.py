@@ -96,17 +96,20 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``.
     Those marked (preset) default to None and are filled in by ``apply_preset``."""
     task = p.add_argument_group("dataset and task")
-    source = task.add_mutually_exclusive_group()
-    source.add_argument("--dataset", default="glyphs", choices=sorted(PRESETS),
-                        help="a dataset by name; its preset sets every default marked 'preset'")
-    source.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="any prepared dataset folder (e.g. one made by python -m "
-                             "data_prep.folder); image size from its meta.json")
+    task.add_argument("--dataset", default=None, choices=sorted(PRESETS),
+                      help="a named dataset (default: glyphs); its preset sets every default "
+                           "marked 'preset'. With --data: only its preset is used")
+    task.add_argument("--data", type=Path, default=None, metavar="DIR",
+                      help="any prepared dataset folder (e.g. one made by python -m "
+                           "data_prep.folder); image size from its meta.json")
     task.add_argument("--data-root", type=Path, default=Path("data"),
                       help="folder that holds the named datasets")
     _preset_option(task, "--ways", "ways", "N, classes per task", type=positive_int)
     _preset_option(task, "--shots", "shots", "K, support (and query) images per class",
                    type=positive_int)
+    task.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                      help="rotate each class of a task by k·90°, k drawn per class per task "
+                           f"(preset: {preset_values('rotate')})")
     task.add_argument("--seed", type=seed, default=0,
                       help="seed of the initial weights and of the train/val/test task streams")
     algo = p.add_argument_group("ANIL (inner and outer loop)")
@@ -159,9 +162,12 @@ def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop
 
 
 def apply_preset(args, extra: dict | None = None) -> None:
-    """Fill every option left at None from the preset of ``--dataset`` (or the defaults for
-    ``--data``), then from ``extra`` (e.g. a command's own quicker budget)."""
-    values = {**(OWN_DATA if getattr(args, "data", None) else preset(args.dataset)), **(extra or {})}
+    """Fill every option left at None from the preset of ``--dataset`` (glyphs by default; for
+    ``--data`` without ``--dataset``, the defaults for any dataset), then from ``extra`` (e.g. a
+    command's own quicker budget)."""
+    if args.dataset is None and not getattr(args, "data", None):
+        args.dataset = "glyphs"
+    values = {**(preset(args.dataset) if args.dataset else OWN_DATA), **(extra or {})}
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -220,7 +226,7 @@ def dataset_path(args) -> Path:
             fail(f"--data {path}: not a prepared dataset (no meta.json); make one with  python -m "
                  f"data_prep.folder --source IMAGES --out {path} --size 28")
         return path
-    if args.dataset == "glyphs":
+    if args.dataset in (None, "glyphs"):
         from data_prep.glyphs import ensure
         return ensure(args.data_root, seed=0)
     path = Path(args.data_root) / args.dataset

@@ -9,6 +9,8 @@ trained for, the meta-learned head initialisation does not fit: the head then st
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anil.data import DatasetError, load_split
-from anil.evaluation import evaluate
+from anil.evaluation import episode_accuracy, evaluate
 from anil.fast import default_speed, feature_extractor
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
@@ -25,12 +27,14 @@ from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, datas
                           set_threads)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
+from data_prep.episodes import preprocess_of, read_episodes
 
 EXAMPLES = """examples:
   python evaluate.py runs/glyphs-5w1s                      best.pt, the run's own test protocol
   python evaluate.py runs/glyphs-5w1s --weights last       checkpoint.pt (latest weights)
   python evaluate.py runs/glyphs-5w1s --shots 5 --test-inner-steps 20 --eval-tasks 1000
-  python evaluate.py runs/glyphs-5w1s/model.pt --split val"""
+  python evaluate.py runs/glyphs-5w1s/model.pt --split val
+  python evaluate.py runs/small1 --episodes data/omniglot-runs   per-run error on fixed episodes"""
 
 
 def build_parser():
@@ -41,6 +45,9 @@ def build_parser():
                    help="in a run folder: best.pt (best validation) or checkpoint.pt (latest)")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="the split whose tasks are scored")
+    p.add_argument("--episodes", type=Path, metavar="DIR",
+                   help="score fixed episodes instead: a folder of run folders in the layout of "
+                        "the Omniglot one-shot runs (training/, test/, class_labels.txt)")
     task = p.add_argument_group("task and protocol (default: the run's own)")
     task.add_argument("--ways", type=positive_int, help="N, classes per task")
     task.add_argument("--shots", type=positive_int, help="K, support images per class")
@@ -78,6 +85,8 @@ def evaluate_run(args):
     device = torch.device(resolve_device(args.device))
     set_threads(args.threads)
 
+    if args.episodes is not None:
+        return evaluate_episodes(args, file, saved, config, device)
     try:
         path = dataset_path(config)
         split = load_split(path, args.split)
@@ -112,6 +121,43 @@ def evaluate_run(args):
           f"tasks; {dataset_name(config)} {config.ways}-way {config.shots}-shot, {config.test_inner_steps} "
           f"inner steps; {file.name}: {which}; {time.perf_counter() - start:.1f}s)", flush=True)
     return mean, ci
+
+
+def evaluate_episodes(args, file, saved, config, device):
+    """Score the run on given episodes: per-episode error and mean ± standard error, with the
+    run's test-time inner loop and its dataset's preprocessing of the images."""
+    try:
+        episodes = read_episodes(args.episodes, preprocess_of(dataset_path(config)))
+        body, head = network_from(saved)
+    except DatasetError as e:
+        fail(str(e))
+    except CheckpointError as e:
+        fail(f"{file}: {e}")
+    height, width, channels = episodes[0].support_images.shape[1:]
+    if (channels, height, width) != image_shape(saved["config"]):
+        fail(f"the episodes' images are {channels}x{height}x{width} but {file} was trained on "
+             f"{'x'.join(map(str, image_shape(saved['config'])))} images")
+    body = body.to(device).eval()
+    to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).to(device)
+    print(f"{len(episodes)} episodes in {args.episodes}; {config.test_inner_steps} inner steps of "
+          f"α={config.inner_lr}; {file.name}", flush=True)
+    errors = []
+    for e in episodes:
+        # A head of the episode's width: the run's own if it fits, else zero (see the docstring).
+        _, episode_head = network_from(saved, e.ways)
+        accuracy = episode_accuracy(
+            body, episode_head.to(device).eval(), to_tensor(e.support_images),
+            torch.from_numpy(e.support_labels).to(device), to_tensor(e.query_images),
+            torch.from_numpy(e.query_labels).to(device), config.inner_lr,
+            config.test_inner_steps, args.head_loop)
+        errors.append(100 * (1 - accuracy))
+        print(f"{e.name:<12} {e.ways:3d}-way  {len(e.query_labels):3d} queries  error "
+              f"{errors[-1]:6.2f}%", flush=True)
+    mean = sum(errors) / len(errors)
+    stderr = (statistics.stdev(errors) / math.sqrt(len(errors))) if len(errors) > 1 else float("nan")
+    print(f"mean error {mean:.2f} ± {stderr:.2f}% (± one standard error over {len(errors)} "
+          f"episodes)", flush=True)
+    return mean, stderr
 
 
 if __name__ == "__main__":
