@@ -12,7 +12,8 @@ from anil.algorithm import adapt_head, meta_loss, meta_train_step  # noqa: E402
 from anil.data import load_split  # noqa: E402
 from anil.evaluation import evaluate  # noqa: E402
 from anil.model import ConvBody, make_head  # noqa: E402
+from anil.run.checkpoint import load_run  # noqa: E402
 from anil.sampler import TaskSampler  # noqa: E402
 
 __all__ = ["ConvBody", "make_head", "TaskSampler", "load_split", "adapt_head", "meta_loss",
-           "meta_train_step", "evaluate", "__version__"]
+           "meta_train_step", "evaluate", "load_run", "__version__"]

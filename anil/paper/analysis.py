@@ -94,7 +94,7 @@ def similarity_by_layer(body, head, sampler, num_tasks, step_size, steps, adapte
     return summarise(before_after), summarise(versus_control)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m anil.paper.analysis", formatter_class=HelpFormatter,
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
@@ -105,7 +105,11 @@ def main(argv=None):
     p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
     add_device_options(p, speed=False, head_loop=False)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     device = torch.device(resolve_device(args.device))
     set_threads(args.threads)
     if not args.checkpoint.exists():

@@ -42,7 +42,7 @@ EXAMPLES = """examples:
   python -m anil.paper.analysis --checkpoint runs/compare-glyphs-5w1s/maml.pt   then analyse"""
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m anil.paper.compare", formatter_class=HelpFormatter,
                                 description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     add_task_options(p, iterations_type=positive_int)  # both methods get the same settings
@@ -56,7 +56,11 @@ def parse_args(argv=None):
                           "-2, -3, ... if that holds an earlier comparison)")
     out.add_argument("--overwrite", action="store_true",
                      help="replace the comparison in --out (default: refuse to touch it)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     apply_preset(args, None if args.data else QUICK.get(args.dataset or "glyphs"))
     if args.out is None:
         args.out = fresh_name(Path("runs") / f"compare-{dataset_name(args)}-{args.ways}w{args.shots}s",
