@@ -24,7 +24,7 @@ def console_scripts():
 def test_every_console_script_resolves_and_answers_help(capsys, monkeypatch):
     scripts = console_scripts()
     assert set(scripts) >= {"anil-train", "anil-evaluate", "anil-prepare", "anil-compare",
-                            "anil-analysis", "anil-explain"}
+                            "anil-analysis"}
     for name, target in scripts.items():
         module, function = target.split(":")
         entry = getattr(importlib.import_module(module), function)
@@ -79,7 +79,7 @@ def test_train_help_groups_options_and_shows_preset_values(capsys):
         assert group in out
     # A preset option names its value per dataset instead of "default: None".
     ways = " ".join(out.split("\n  --ways WAYS", 1)[1].split("--shots", 1)[0].split())
-    assert "glyphs 5" in ways and "omniglot, omniglot-rot 20" in ways
+    assert "(preset: 5 for glyphs," in ways and "; 20 for omniglot, omniglot-rot)" in ways
 
 
 @pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"),

@@ -79,13 +79,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def preset_values(key: str) -> str:
-    """'glyphs 5; omniglot, omniglot-rot 20; ...': a preset option's value per dataset."""
+    """'5 for glyphs, mini-imagenet, ...; 20 for omniglot, omniglot-rot': a preset option's value
+    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset)."""
     by_value = {}
     for name, values in PRESETS.items():
         by_value.setdefault(values[key], []).append(name)
     by_value.setdefault(OWN_DATA[key], []).append("--data")
-    return "; ".join(f"{', '.join(names)} {value:g}" if isinstance(value, float) else
-                     f"{', '.join(names)} {value}" for value, names in by_value.items())
+    shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+    return "; ".join(f"{shown(value)} for {', '.join(names)}" for value, names in by_value.items())
 
 
 def _preset_option(group, flag, key, text, **kwargs):
