@@ -72,6 +72,8 @@ class Speed:
     precision      "float32", or "bfloat16" autocast of the body only
     channels_last  channels-last memory format for the conv body (inputs and weights)
     head_loop      "torch.func" (vmapped ``adapt_and_score``) or "closed-form" (linear head)
+    compile_head   ``torch.compile`` the head loop (opt-in: it compiles for about a minute on a
+                   CPU, then saves most of the head loop's time; docs/speed.md)
     """
 
     strategy: str = "vmap"
@@ -80,6 +82,7 @@ class Speed:
     precision: str = "float32"
     channels_last: bool = False
     head_loop: str = "torch.func"
+    compile_head: bool = False
 
     def __post_init__(self):
         for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS),
@@ -94,11 +97,13 @@ class Speed:
 
 
 def default_speed(device, head_loop: str = "torch.func") -> Speed:
-    """Measured defaults (docs/speed.md). Every device: the head loop over all tasks of the
-    meta-batch in one vmapped call, channels-last float32. CPU: the body task by task (small
-    batches stay in cache); GPU: the body over all tasks in one call."""
-    gpu = torch.device(device).type == "cuda"
-    return Speed(strategy="vmap", batch_body=gpu, channels_last=True, head_loop=head_loop)
+    """Measured defaults (docs/speed.md), channels-last float32 on every device. CPU: the body
+    task by task (small batches stay in cache), the head loop over chunks of 8 tasks (its
+    per-operation overhead shared by 8 tasks; the activations of at most 8 tasks alive). GPU:
+    all tasks of the meta-batch in one body call and one head-loop call."""
+    if torch.device(device).type in ("cuda", "mps"):
+        return Speed(strategy="vmap", batch_body=True, channels_last=True, head_loop=head_loop)
+    return Speed(strategy="chunk", chunk_size=8, channels_last=True, head_loop=head_loop)
 
 
 # ------------------------------------------------------------------------------------ the body
@@ -208,10 +213,19 @@ def closed_form_head_loop(head: nn.Module, params, support_features, support_lab
 
 
 HEAD_LOOP = {"torch.func": torch_func_head_loop, "closed-form": closed_form_head_loop}
+_COMPILED = {}
+
+
+def compiled_head_loop(name: str):
+    """``torch.compile`` of a head loop, made once per process and shared by every call."""
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(HEAD_LOOP[name])
+    return _COMPILED[name]
 
 
 def head_gradients(head: nn.Module, params, features, labels, step_size: float, steps: int,
-                   first_order: bool = False, scale: float = 1.0, head_loop: str = "torch.func"):
+                   first_order: bool = False, scale: float = 1.0, head_loop: str = "torch.func",
+                   compiled: bool = False):
     """∂L/∂w and ∂L/∂Z of L = scale · Σ_i L(Q_i; θ, w_i^(S)) over a group of b tasks.
 
     ``features`` [b, 2NK, D] are treated as inputs (the caller detached them from the body);
@@ -224,9 +238,9 @@ def head_gradients(head: nn.Module, params, features, labels, step_size: float, 
         features = features.detach().requires_grad_()
         (support_features, query_features), (support_labels, query_labels) = (
             support_query(features, dim=1), support_query(labels, dim=1))
-        losses, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,
-                                                  query_features, query_labels, step_size, steps,
-                                                  first_order)
+        loop = compiled_head_loop(head_loop) if compiled else HEAD_LOOP[head_loop]
+        losses, accuracies = loop(head, params, support_features, support_labels, query_features,
+                                  query_labels, step_size, steps, first_order)
         *grad_params, grad_features = torch.autograd.grad(scale * losses.sum(),
                                                           [*params.values(), features])
     return dict(zip(params, grad_params)), grad_features, losses.detach(), accuracies.detach()
@@ -257,7 +271,7 @@ def meta_gradient(body, head, images, labels, step_size: float, steps: int,
         detached = features.detach().to(params["weight"].dtype)            # Ẑ = stopgrad(Z)
         g_params, g_features, task_losses, task_accuracies = head_gradients(
             head, params, detached, y, step_size, steps, first_order, scale=1.0 / meta_batch,
-            head_loop=speed.head_loop)
+            head_loop=speed.head_loop, compiled=speed.compile_head)
         features.backward(g_features.to(features.dtype))                   # (∂L/∂Z)(∂Z/∂θ)
         for k in head_grads:
             head_grads[k] += g_params[k]

@@ -285,7 +285,7 @@ def make_train_step(body, head, optimizer, args, ctx):
         return (partial(algorithm.meta_train_step, body, head, optimizer, **options),
                 fast.feature_extractor(body, speed))
     speed = fast.Speed(args.strategy, args.chunk_size, args.batch_body, args.precision,
-                       args.channels_last, args.head_loop)
+                       args.channels_last, args.head_loop, compile_head=args.compile)
     features_fn = fast.feature_extractor(body, speed, compile=args.compile)
     return (partial(fast.train_step, body, head, optimizer, speed=speed, features_fn=features_fn,
                     **options), features_fn)

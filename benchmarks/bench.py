@@ -9,13 +9,19 @@ For each configuration it times, on the same random images (timings do not depen
   reference    learn2learn-style: per task, body forward, a cloned head adapted with
                torch.autograd.grad(create_graph=True), query loss backward; average; Adam step.
                NCHW float32. Written here, independently of anil.fast.
-  ours         anil.fast.fast_meta_train_step in each strategy (task / chunk / vmap), in float32
-               and bfloat16 autocast, channels-last (and one NCHW float32 row).
+  ours         anil.fast.train_step in each strategy (task / chunk / vmap), in float32 and
+               bfloat16 autocast, channels-last (and one NCHW float32 row), with the torch.func
+               head loop (the default; "func") and its closed form ("closed").
   supervised   a plain forward + backward + Adam step of the same backbone and a linear
                classifier over the same images: one task-sized batch at a time ("per task") and
                all images in one batch; NCHW and channels-last. The practical lower bound.
   eval         600 tasks: the reference style (per task, graph alive, create_graph head
-               adaptation) against anil.fast.batch_accuracies (inference mode, 8 tasks a call).
+               adaptation) against anil.evaluation.task_accuracies (inference mode, 8 tasks a
+               call), with each head loop.
+
+--head-loops times only what the choice of head loop decides: the default speed and the
+task-by-task strategy, each with the torch.func and the closed-form head loop (with --compile
+also the compiled torch.func head loop, and its compilation time), on the four configurations.
 
 Every variant runs once to warm up, then the variants take turns (round-robin) for the timed
 repeats, so a slow phase of a shared machine hits all of them alike. Reported: median time, peak
@@ -34,6 +40,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,7 +48,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh clone, uninstalled
 
-from anil.fast import Speed, batch_accuracies, fast_meta_train_step, feature_extractor  # noqa: E402
+from anil.evaluation import task_accuracies  # noqa: E402
+from anil.fast import Speed, default_speed, feature_extractor, train_step  # noqa: E402
 from anil.model import ConvBody, make_head  # noqa: E402
 
 CONFIGS = [
@@ -49,6 +57,8 @@ CONFIGS = [
     dict(name="5w5s 32x32x3 B=32", ways=5, shots=5, channels=3, size=32, meta_batch=32, steps=5, alpha=0.1),
     dict(name="5w1s 84x84x3 B=4", ways=5, shots=1, channels=3, size=84, meta_batch=4, steps=5, alpha=0.01),
     dict(name="20w1s 28x28x1 B=16", ways=20, shots=1, channels=1, size=28, meta_batch=16, steps=5, alpha=0.1),
+    # the default `python train.py` run's shape
+    dict(name="5w1s 28x28x1 B=8", ways=5, shots=1, channels=1, size=28, meta_batch=8, steps=5, alpha=0.5),
 ]
 EVAL_TASKS = 600
 EVAL_TASKS_PER_CALL = 8  # tasks per body call and per vmapped head loop
@@ -141,7 +151,7 @@ def random_tasks(cfg, count, device, generator):
     return images.to(device), labels.to(device)
 
 
-def build_variants(cfg, device, quick, compile_body):
+def build_variants(cfg, device, quick, compile_body, head_loops_only=False):
     """name → (kind, callable running one step or one full evaluation)."""
     torch.manual_seed(0)
     base_body = ConvBody(cfg["channels"], cfg["size"]).to(device)
@@ -168,16 +178,27 @@ def build_variants(cfg, device, quick, compile_body):
         def setup():
             body, head, opt = fresh()
             features_fn = feature_extractor(body, speed, compile=compiled)
-            return lambda: fast_meta_train_step(body, head, opt, images, labels, alpha, steps,
-                                                speed=speed, features_fn=features_fn)
+            return lambda: train_step(body, head, opt, images, labels, alpha, steps, speed=speed,
+                                      features_fn=features_fn)
         return setup
 
     def label(speed):
         strategy = f"chunk({speed.chunk_size})" if speed.strategy == "chunk" else speed.strategy
+        loop = {"torch.func": "func", "closed-form": "closed"}[speed.head_loop]
         return (f"ours {strategy}{' batched' if speed.batch_body else ''} {speed.precision}"
-                f"{' CL' if speed.channels_last else ' NCHW'}")
+                f"{' CL' if speed.channels_last else ' NCHW'} {loop}"
+                f"{' compiled' if speed.compile_head else ''}")
     chunk = min(4, cfg["meta_batch"])
     cuda = device.type == "cuda"
+    if head_loops_only:
+        default = default_speed(device)
+        ours = [replace(s, head_loop=loop) for s in (default, replace(default, strategy="task"))
+                for loop in ("torch.func", "closed-form")]
+        if compile_body:
+            ours.append(replace(default, compile_head=True))
+        for speed in ours:
+            variants[label(speed)] = ("train", add_ours(speed))
+        return variants
     ours = [Speed("task", channels_last=True), Speed("chunk", chunk, channels_last=True),
             Speed("vmap", channels_last=True), Speed("vmap", batch_body=True, channels_last=True),
             Speed("task", channels_last=False), Speed("vmap", batch_body=True, channels_last=False),
@@ -187,6 +208,7 @@ def build_variants(cfg, device, quick, compile_body):
         ours = [s for s in ours if s.precision == "float32" or not s.batch_body]
     if quick:  # the slowest rows go; the float32 comparison stays
         ours = [s for s in ours if s.precision == "float32" and (s.channels_last or not s.batch_body)]
+    ours += [replace(s, head_loop="closed-form") for s in ours if s.precision == "float32"]
     for speed in ours:
         variants[label(speed)] = ("train", add_ours(speed))
     if compile_body:
@@ -221,21 +243,22 @@ def build_variants(cfg, device, quick, compile_body):
             def run(eval_tasks=eval_tasks):
                 for start in range(0, eval_tasks, EVAL_TASKS_PER_CALL):
                     n = min(EVAL_TASKS_PER_CALL, eval_tasks - start)
-                    batch_accuracies(body, head, eval_images[:n], eval_labels[:n], alpha, steps,
-                                     features_fn=features_fn)
+                    task_accuracies(body, head, eval_images[:n], eval_labels[:n], alpha, steps,
+                                    features_fn, speed.head_loop)
             return run
         return setup
-    eval_speeds = [Speed(channels_last=True), Speed(batch_body=True, channels_last=True),
+    eval_speeds = [Speed(channels_last=True), Speed(channels_last=True, head_loop="closed-form"),
+                   Speed(batch_body=True, channels_last=True),
                    Speed(batch_body=True, precision="bfloat16", channels_last=True)]
-    for speed in (eval_speeds if cuda else eval_speeds[:1]):
+    for speed in (eval_speeds if cuda else eval_speeds[:2]):
         name = (f"eval {eval_tasks} tasks ours{' batched' if speed.batch_body else ''} "
-                f"{speed.precision} CL")
+                f"{speed.precision} CL {'func' if speed.head_loop == 'torch.func' else 'closed'}")
         variants[name] = ("eval", add_ours_eval(speed))
     return variants
 
 
-def run_config(cfg, device, repeats, eval_repeats, compile_body, quick):
-    variants = build_variants(cfg, device, quick, compile_body)
+def run_config(cfg, device, repeats, eval_repeats, compile_body, quick, head_loops_only=False):
+    variants = build_variants(cfg, device, quick, compile_body, head_loops_only)
     results = {name: {"kind": kind, "times": [], "error": None} for name, (kind, _) in variants.items()}
     steps = {}
     for name, (kind, setup) in variants.items():  # setup + warm-up (compilation, allocator, caches)
@@ -243,7 +266,7 @@ def run_config(cfg, device, repeats, eval_repeats, compile_body, quick):
             steps[name] = setup()
             # An evaluation warms up, and has its peak memory measured, on one call's worth of tasks.
             short = (lambda f=steps[name]: f(EVAL_TASKS_PER_CALL)) if kind == "eval" else steps[name]
-            short()
+            results[name]["first_call_s"] = timed(short, device)  # with compilation, if any
             results[name]["peak_bytes"] = peak_memory(short, device)
         except Exception as e:  # noqa: BLE001 - one failing variant must not stop the benchmark
             results[name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
@@ -262,10 +285,14 @@ def run_config(cfg, device, repeats, eval_repeats, compile_body, quick):
 
 def ratios(results, eval_tasks):
     ref = results["reference (l2l style)"]["median_s"]
+    for name, r in results.items():  # torch.func against the closed form of the same row
+        twin = results.get(name.replace(" func", " closed").replace(" compiled", ""))
+        r["func_vs_closed"] = (r["median_s"] / twin["median_s"] if " func" in name and twin
+                               and r["median_s"] and twin["median_s"] else None)
     sup = [r["median_s"] for name, r in results.items()
            if r["kind"] == "supervised" and r["median_s"] is not None]
     best_sup = min(sup) if sup else None
-    ref_eval = results[f"eval {eval_tasks} tasks reference"]["median_s"]
+    ref_eval = results.get(f"eval {eval_tasks} tasks reference", {}).get("median_s")
     for name, r in results.items():
         t = r["median_s"]
         r["vs_reference"] = t / ref if t and ref and r["kind"] == "train" else None
@@ -277,17 +304,19 @@ def ratios(results, eval_tasks):
 def print_table(cfg, results, device):
     print(f"\n== {cfg['name']}, {cfg['steps']} inner steps, device {device} "
           f"(median of {cfg['repeats']} timed repeats, {cfg['eval_repeats']} for evaluations) ==")
-    print(f"{'variant':<40} {'median':>10} {'peak MB':>9} {'/ref':>7} {'/sup':>7}")
+    print(f"{'variant':<46} {'median':>10} {'peak MB':>9} {'/ref':>7} {'/sup':>7} {'func/closed':>12}"
+          f" {'1st call':>9}")
     for name, r in results.items():
         if r["error"]:
-            print(f"{name:<40} ERROR {r['error']}")
+            print(f"{name:<46} ERROR {r['error']}")
             continue
         peak = r.get("peak_bytes")
         rel = r["vs_reference"] or r["vs_reference_eval"]
-        sup = r["vs_supervised"]
+        sup, fc = r["vs_supervised"], r.get("func_vs_closed")
         peak_mb = f"{peak / 2**20:9.1f}" if peak is not None else f"{'-':>9}"
-        print(f"{name:<40} {1000 * r['median_s']:8.1f}ms {peak_mb} "
-              f"{f'{rel:.2f}x' if rel else '':>7} {f'{sup:.2f}x' if sup else '':>7}")
+        print(f"{name:<46} {1000 * r['median_s']:8.1f}ms {peak_mb} "
+              f"{f'{rel:.2f}x' if rel else '':>7} {f'{sup:.2f}x' if sup else '':>7} "
+              f"{f'{fc:.2f}x' if fc else '':>12} {r.get('first_call_s', 0):8.1f}s")
 
 
 def main(argv=None):
@@ -297,7 +326,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, quick 1)")
     p.add_argument("--eval-repeats", type=int, default=None,
                    help="timed repeats of the 600-task evaluations (default: --repeats)")
-    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd body")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd body (with --head-loops: the compiled head loop)")
+    p.add_argument("--head-loops", action="store_true",
+                   help="only the rows the head loop decides: torch.func vs closed form")
     p.add_argument("--configs", default=None, help="comma-separated indices of configurations to run (default all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
@@ -334,7 +366,8 @@ def main(argv=None):
         cfg["repeats"] = repeats
         cfg["eval_repeats"] = min(args.eval_repeats or repeats, repeats)
         start = time.perf_counter()
-        results = run_config(cfg, device, repeats, cfg["eval_repeats"], args.compile, args.quick)
+        results = run_config(cfg, device, repeats, cfg["eval_repeats"], args.compile, args.quick,
+                             args.head_loops)
         ratios(results, cfg["eval_tasks"])
         print_table(cfg, results, device)
         print(f"({time.perf_counter() - start:.0f}s)", flush=True)

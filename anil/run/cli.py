@@ -147,7 +147,7 @@ def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop
     group.add_argument("--strategy", choices=[*STRATEGIES, "reference"], default=None,
                        help="tasks per head-loop call and body backward: 1 (task), --chunk-size "
                             "(chunk) or all (vmap); 'reference' runs the readable "
-                            "anil.algorithm path (default: vmap)")
+                            "anil.algorithm path (default: chunk of 8 on a CPU, vmap on a GPU)")
     group.add_argument("--chunk-size", type=positive_int, default=8,
                        help="tasks per chunk for --strategy chunk")
     group.add_argument("--batch-body", action=argparse.BooleanOptionalAction, default=None,
@@ -158,7 +158,8 @@ def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                        help="channels-last memory format for the conv body")
     group.add_argument("--compile", action="store_true",
-                       help="torch.compile the body (pays off on long GPU runs)")
+                       help="torch.compile the body and the head loop: about a minute of "
+                            "compiling, then faster steps (pays off on long runs, docs/speed.md)")
     return group
 
 

@@ -119,7 +119,7 @@ def parse_args(argv=None):
         p.error("--precision bfloat16 and --compile are not supported on --device mps here; "
                 "drop them")
     fastest = default_speed(args.device, args.head_loop)
-    args.strategy = args.strategy or fastest.strategy
+    args.strategy = args.strategy or fastest.strategy  # with --chunk-size (default 8)
     args.batch_body = fastest.batch_body if args.batch_body is None else args.batch_body
     return args, resumed
 
