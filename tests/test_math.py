@@ -6,10 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from anil.algorithm import adapt_head, head_loss, meta_loss, task_loss
+from anil.algorithm import adapt_head, cross_entropy, head_loss, meta_loss, task_loss
 from anil.model import ConvBody, make_head
-
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -26,6 +24,16 @@ def small_problem(seed=0, ways=3, shots=2, tasks=2):
     images = torch.randn(tasks, 2 * ways * shots, 2, 8, 8)
     labels = torch.arange(ways).repeat_interleave(2 * shots).repeat(tasks, 1)
     return body, head, images, labels
+
+
+def test_cross_entropy_is_the_mean_negative_log_likelihood():
+    """(1/n) Σ_j −log softmax(logits_j)[y_j], computed by hand and by torch's loss."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(9, 4) * 3, torch.randint(0, 4, (9,))
+    by_hand = -sum(torch.log(torch.exp(l[y]) / torch.exp(l).sum()) for l, y in zip(logits, labels)) / 9
+    torch.testing.assert_close(cross_entropy(logits, labels), by_hand, rtol=1e-13, atol=0)
+    torch.testing.assert_close(cross_entropy(logits, labels), F.cross_entropy(logits, labels),
+                               rtol=1e-14, atol=0)
 
 
 def test_inner_gradient_matches_closed_form():
