@@ -1,4 +1,5 @@
 import io
+import re
 import tarfile
 import zipfile
 
@@ -103,3 +104,59 @@ def test_an_unwritable_root_is_one_line(tmp_path, capsys):
     code = common.run_cli(mini_imagenet.main, ["--root", str(tmp_path / "file"), "--source", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "check the path" in err[0]
+
+
+# ---------------------------------------------- member names that leave the folder, end to end
+# The names test_prep_common.py gives _check_member directly, now inside real archives handed to
+# safe_extract: the whole archive is refused, the error names the member, nothing is written.
+
+# Windows drive forms, an absolute path (inside tmp_path, so that a write would be seen),
+# and .. with either separator.
+ESCAPING = ["C:evil", "C:/x", "C:\\x", "{tmp}/outside/abs.txt", "../up", "a/../../up", "..\\up",
+            "a\\..\\..\\up"]
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def assert_refused_and_nothing_written(tmp_path, archive, name):
+    dest = tmp_path / "work" / "out"
+    before = files_under(tmp_path)
+    with pytest.raises(common.PrepError) as e:
+        common.safe_extract(archive, dest)
+    assert f"{archive} holds a member outside its folder" in str(e.value)
+    assert repr(name) in str(e.value) or repr("../" + name) in str(e.value), "the member is named"
+    assert list(dest.iterdir()) == []
+    assert files_under(tmp_path) == sorted(before + ["work", "work/out"])
+
+
+@pytest.mark.parametrize("template", ESCAPING)
+def test_zip_with_a_member_outside_the_folder_writes_nothing(tmp_path, template):
+    name = template.format(tmp=tmp_path)
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("good.txt", b"fine")
+        zf.writestr(name, b"evil")
+    assert_refused_and_nothing_written(tmp_path, archive, name)
+
+
+@pytest.mark.parametrize("template", ESCAPING)
+def test_tar_with_a_member_outside_the_folder_writes_nothing(tmp_path, template):
+    name = template.format(tmp=tmp_path)
+    archive = tar_with(tmp_path / "a.tar.gz", (dict(name="good.txt"), b"fine"), (dict(name=name), b"evil"))
+    assert_refused_and_nothing_written(tmp_path, archive, name)
+
+
+def test_tar_member_through_a_link_already_in_the_folder_is_refused(tmp_path):
+    """Every member must land inside dest, resolved: a plain member name that passes through a
+    symbolic link already in dest (to a folder outside it) is refused too."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "link").symlink_to(outside, target_is_directory=True)
+    archive = tar_with(tmp_path / "a.tar.gz", (dict(name="link/evil.txt"), b"evil"))
+    with pytest.raises(common.PrepError, match=re.escape("holds a member outside its folder ('../link/evil.txt')")):
+        common.safe_extract(archive, dest)
+    assert list(outside.iterdir()) == []

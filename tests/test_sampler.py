@@ -137,3 +137,147 @@ def test_small_classes_are_skipped_not_fatal():
     split = ClassSplit.from_labels(images, labels, ["small", "b", "c"])
     sampler = TaskSampler(split, 2, 4, seed=0)
     assert all(set(sampler.task(i).classes) == {1, 2} for i in range(5))
+
+
+# ------------------------------------------------------------------- randomness of the tasks
+# Each statistical test below draws from a fixed seed; the bound it asserts would be crossed by
+# a correct sampler with the probability stated (chi-square tails and exact binomial tails from
+# test_statistics.py), while the bug it targets crosses it by orders of magnitude.
+
+from itertools import permutations  # noqa: E402
+
+from anil.sampler import split_seed  # noqa: E402
+from test_statistics import binomial_bounds, chi2_sf, chi2_statistic  # noqa: E402
+
+
+def random_split(num_classes, per_class, shape=(5, 6, 3), seed=0):
+    """Random pixels (no image equals another or any rotation of itself) in class blocks."""
+    images = np.random.default_rng(seed).integers(0, 256, (num_classes * per_class, *shape), dtype=np.uint8)
+    return ClassSplit.from_labels(images, np.repeat(np.arange(num_classes), per_class),
+                                  [f"c{i}" for i in range(num_classes)])
+
+
+def test_support_and_query_split_each_class_block_into_even_and_odd_positions():
+    sampler = TaskSampler(make_split(), 4, 3, seed=2)
+    for task_id in range(10):
+        task = sampler.task(task_id)
+        classes, instances, _ = decode(task)
+        (sx, sy), (qx, qy) = task.support, task.query
+        assert torch.equal(sx, task.images[0::2]) and torch.equal(qx, task.images[1::2])
+        assert torch.equal(sy, task.labels[0::2]) and torch.equal(qy, task.labels[1::2])
+        support = set(zip(classes[0::2], instances[0::2]))
+        query = set(zip(classes[1::2], instances[1::2]))
+        assert len(support) == len(query) == 4 * 3 and not support & query
+
+
+def test_images_are_the_stored_pixels_scaled_to_the_unit_interval():
+    """images[i] = stored[indices[i]] / 255 in channels-first layout, exactly."""
+    split = random_split(6, 4)
+    sampler = TaskSampler(split, 3, 2, seed=1)
+    for task_id in range(5):
+        indices, _, _ = sampler.task_indices(task_id)
+        expected = torch.from_numpy(split.images[indices]).permute(0, 3, 1, 2).double() / 255
+        images = sampler.task(task_id).images
+        assert images.shape == (12, 3, 5, 6)
+        assert torch.equal(images.double(), expected.float().double())
+
+
+def test_labels_take_every_order_of_the_chosen_classes_uniformly():
+    """Label j goes to the class of rank r_j among the task's chosen classes; (r_0, r_1, r_2) must
+    be a uniform random permutation per task, so over 1800 3-way tasks each of the 3! = 6 orders
+    appears about 300 times. Chi-square with 5 dof; a correct sampler fails with p = 1e-6. One
+    permutation shared by all tasks puts all 1800 tasks in one cell."""
+    sampler = TaskSampler(make_split(), 3, 1, seed=11)
+    orders = list(permutations(range(3)))
+    counts = np.zeros(len(orders))
+    for task_id in range(1800):
+        classes = sampler.task(task_id).classes
+        counts[orders.index(tuple(np.argsort(np.argsort(classes))))] += 1
+    assert chi2_sf(chi2_statistic(counts, 1800 / 6), 5) > 1e-6, counts
+
+
+def test_task_is_the_documented_function_of_seed_and_task_id():
+    """The task stream is part of every reported number (evaluation uses tasks 0..n-1 of a seed),
+    so it follows the procedure the module documents: from default_rng([seed, 0, task_id]), draw
+    N distinct eligible classes (sorted), then a permutation ``label_of`` (the i-th smallest chosen
+    class gets label label_of[i]), then 2K distinct images per class in label order, then one
+    rotation per class."""
+    split = make_split(num_classes=9, per_class=7)
+    ways, shots, seed = 4, 2, 5
+    sampler = TaskSampler(split, ways, shots, seed=seed, rotate=True)
+    for task_id in range(20):
+        rng = np.random.default_rng([seed, 0, task_id])
+        chosen = np.sort(rng.choice(np.arange(9), ways, replace=False))
+        label_of = rng.permutation(ways)
+        classes = np.empty(ways, int)
+        for i in range(ways):
+            classes[label_of[i]] = chosen[i]
+        picks = [rng.choice(7, 2 * shots, replace=False) for _ in classes]
+        rotations = rng.integers(0, 4, ways)
+        indices, got_classes, got_rotations = sampler.task_indices(task_id)
+        assert got_classes.tolist() == classes.tolist()
+        assert indices.tolist() == [7 * c + p for c, ps in zip(classes, picks) for p in ps]
+        assert got_rotations.tolist() == rotations.tolist()
+
+
+def applied_rotation(plain: torch.Tensor, rotated: torch.Tensor) -> int:
+    """The k with rotated == rot90(plain, k); exactly one must fit."""
+    fits = [k for k in range(4) if torch.equal(torch.rot90(plain, k, dims=(1, 2)), rotated)]
+    assert len(fits) == 1, fits
+    return fits[0]
+
+
+def test_each_class_of_a_task_gets_its_own_uniform_rotation():
+    """With rotate=True every class block of a task is rotated by its own k ~ U{0, 1, 2, 3}, the
+    same k for all 2K images of the class. The k is read off the returned images (compared with
+    the stored, unrotated images), not taken from task_indices. Over 600 4-way tasks:
+    * all N classes share one k with probability 4^(1−N) = 1/64 per task, so the count of such
+      tasks is Binomial(600, 1/64) (mean 9.4); outside its exact bounds with p ≤ 1e-6. One
+      rotation per task puts all 600 there.
+    * the 2400 class rotations are uniform over 4 values: chi-square with 3 dof, p = 1e-6."""
+    ways, shots, tasks = 4, 2, 600
+    split = random_split(10, 2 * shots, shape=(5, 5, 1))
+    sampler = TaskSampler(split, ways, shots, seed=3, rotate=True)
+    counts, all_equal = np.zeros(4), 0
+    for task_id in range(tasks):
+        indices, _, reported = sampler.task_indices(task_id)
+        plain = torch.from_numpy(split.images[indices]).permute(0, 3, 1, 2).float() / 255
+        images = sampler.task(task_id).images
+        ks = []
+        for j in range(ways):
+            block = range(2 * shots * j, 2 * shots * (j + 1))
+            per_image = {applied_rotation(plain[i], images[i]) for i in block}
+            assert len(per_image) == 1, "one rotation for all images of a class"
+            ks.append(per_image.pop())
+        assert ks == reported.tolist(), "task_indices reports the rotations applied"
+        counts += np.bincount(ks, minlength=4)
+        all_equal += len(set(ks)) == 1
+    lo, hi = binomial_bounds(tasks, 4.0 ** (1 - ways), 1e-6)
+    assert lo <= all_equal <= hi, (all_equal, lo, hi)
+    assert chi2_sf(chi2_statistic(counts, tasks * ways / 4), 3) > 1e-6, counts
+
+
+def test_a_fixed_pool_is_drawn_uniformly_and_independently():
+    """num_tasks=M: each draw picks one of the M tasks uniformly at random, independently of the
+    draws before. Over 7000 draws from M = 7:
+    * the counts of the 7 ids: chi-square with 6 dof, p = 1e-6;
+    * in the 3500 disjoint pairs (draw 2i, draw 2i+1) the second equals the first, and the second
+      is the first's successor mod M, each with probability 1/M: both counts Binomial(3500, 1/7),
+      outside their exact bounds with p ≤ 1e-6 each. Cycling through 0..M−1 (draws % M) gives
+      0 repeats and 3500 successors."""
+    m, n = 7, 7000
+    sampler = TaskSampler(make_split(), 3, 1, seed=4, num_tasks=m)
+    ids = np.array([sampler.next_task_id() for _ in range(n)])
+    assert ids.min() >= 0 and ids.max() < m
+    assert chi2_sf(chi2_statistic(np.bincount(ids, minlength=m), n / m), m - 1) > 1e-6
+    first, second = ids[0::2], ids[1::2]
+    lo, hi = binomial_bounds(n // 2, 1 / m, 1e-6)
+    assert lo <= (second == first).sum() <= hi
+    assert lo <= (second == (first + 1) % m).sum() <= hi
+
+
+def test_every_seed_and_split_has_its_own_task_stream():
+    """split_seed is injective over (seed, split): no run's validation tasks are another run's
+    training tasks."""
+    seeds = {(seed, split): split_seed(seed, split) for seed in range(100) for split in ("train", "val", "test")}
+    assert len(set(seeds.values())) == len(seeds)

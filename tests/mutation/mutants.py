@@ -1,0 +1,421 @@
+"""Plausible bugs, each one exact text edit, and the tests that should notice it.
+
+``python tests/mutation/run.py`` applies each edit to a scratch copy of the repository, runs the
+named tests there, and reports whether they failed (the mutant is killed) or passed (it survived:
+no test states the property the edit breaks).
+
+One entry per mutant::
+
+    mutant("<module>/<what>", "<file relative to the repository root>",
+           "<exact original text: must occur exactly once in the file>",
+           "<replacement>",
+           "<the bug, one line>",
+           "<pytest arguments: files, node ids, -k EXPR>",
+           equivalent="<why no result can change>")   # only for an equivalent mutant
+
+A mutant whose original text no longer occurs exactly once is an error, never a kill: edit or
+delete it when the code it targets changes. An ``equivalent`` mutant is listed but not run (run.py
+--check-equivalent runs it anyway and reports it if some test does fail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    original: str
+    replacement: str
+    description: str
+    tests: str
+    equivalent: str | None = None
+
+
+MUTANTS: list[Mutant] = []
+
+
+def mutant(name, file, original, replacement, description, tests, equivalent=None):
+    if any(m.name == name for m in MUTANTS):
+        raise ValueError(f"two mutants are named {name!r}")
+    if original == replacement:
+        raise ValueError(f"mutant {name!r} changes nothing")
+    MUTANTS.append(Mutant(name, file, original, replacement, description, tests, equivalent))
+
+
+# Test selections shared by several mutants (the fastest tests that state the property).
+SAMPLER = "tests/test_sampler.py"
+MODEL = "tests/test_model.py"
+DATA = "tests/test_data.py"
+NIL = "tests/test_analysis.py -k nil"
+CKA = "tests/test_analysis.py -k cka"
+MAML = "tests/test_maml.py"
+CI95 = "tests/test_statistics.py"
+GUARDS = "tests/test_prep_common.py tests/test_archives.py"
+CIFAR = "tests/test_prep_cifar.py -k 'not train_py'"
+OMNIGLOT = "tests/test_prep_omniglot.py"
+CHECKPOINT = "tests/test_checkpoint.py -k 'not fingerprint'"
+
+
+# ------------------------------------------------------------------------------ anil/sampler.py
+F = "anil/sampler.py"
+
+mutant("sampler/support-is-query", F,
+       "return self.images[0::2], self.labels[0::2]",
+       "return self.images[1::2], self.labels[0::2]",
+       "the support set returns the query images (odd positions)", SAMPLER)
+mutant("sampler/query-labels-even", F,
+       "return self.images[1::2], self.labels[1::2]",
+       "return self.images[1::2], self.labels[0::2]",
+       "query labels taken from the even positions", SAMPLER,
+       equivalent="every class block holds one label and has even length 2K, so labels[0::2] "
+                  "equals labels[1::2] element for element")
+mutant("sampler/shared-label-permutation", F,
+       "label_of = rng.permutation(self.ways)",
+       "label_of = np.random.default_rng(self.seed).permutation(self.ways)",
+       "one label permutation for every task of a seed (label order tied to class order)", SAMPLER)
+mutant("sampler/inverse-label-permutation", F,
+       "classes[label_of] = chosen",
+       "classes[:] = chosen[label_of]",
+       "the inverse permutation: other tasks than the documented function of (seed, task_id)", SAMPLER)
+mutant("sampler/labels-in-class-order", F,
+       "classes[label_of] = chosen",
+       "classes[:] = chosen",
+       "no permutation: label j always goes to the j-th smallest class", SAMPLER)
+mutant("sampler/rotation-per-task", F,
+       "rotations = rng.integers(0, 4, self.ways) if self.rotate",
+       "rotations = np.full(self.ways, rng.integers(0, 4)) if self.rotate",
+       "one rotation for the whole task instead of one per class", SAMPLER)
+mutant("sampler/rotation-range", F,
+       "rng.integers(0, 4, self.ways)",
+       "rng.integers(0, 3, self.ways)",
+       "rotations drawn from {0, 90, 180} degrees only", SAMPLER)
+mutant("sampler/rotation-of-first-class", F,
+       "torch.rot90(b, int(k), dims=(2, 3)) for b, k in zip(blocks, rotations)",
+       "torch.rot90(b, int(rotations[0]), dims=(2, 3)) for b, k in zip(blocks, rotations)",
+       "every class block rotated by the first class's k (task_indices reports others)", SAMPLER)
+mutant("sampler/pool-cycles", F,
+       "int(self.rng.integers(self.num_tasks))",
+       "self.draws % self.num_tasks",
+       "a fixed pool is cycled through in order instead of drawn uniformly", SAMPLER)
+mutant("sampler/images-with-replacement", F,
+       "rng.choice(self.split.counts[c], k2, replace=False)",
+       "rng.choice(self.split.counts[c], k2, replace=True)",
+       "the 2K images of a class drawn with replacement: support and query may share an image", SAMPLER)
+mutant("sampler/eligible-with-k-images", F,
+       "split.counts >= 2 * shots",
+       "split.counts >= shots",
+       "classes with fewer than 2K images are eligible", SAMPLER)
+mutant("sampler/sorted-read-not-restored", F,
+       "raw[order] = self.split.images[indices[order]]",
+       "raw[:] = self.split.images[indices[order]]",
+       "images read in sorted index order are not put back in class-block order", SAMPLER)
+mutant("sampler/split-seeds-collide", F,
+       "return seed * 3 + SPLIT_OFFSET[split]",
+       "return seed + SPLIT_OFFSET[split]",
+       "run seed 1's train tasks are run seed 0's validation tasks", SAMPLER)
+mutant("sampler/pixel-scale", F,
+       ".float().div_(255.0)",
+       ".float().div_(256.0)",
+       "pixels scaled by 1/256: white is not 1.0", SAMPLER)
+mutant("sampler/rng-not-restored", F,
+       '        self.rng.bit_generator.state = state["rng"]\n',
+       "",
+       "load_state_dict restores the draw count but not the pool's random state", SAMPLER)
+
+# -------------------------------------------------------------------------------- anil/model.py
+F = "anil/model.py"
+
+mutant("model/running-stats", F,
+       "affine=True, track_running_stats=False)",
+       "affine=True, track_running_stats=True)",
+       "batch norm keeps running statistics: eval mode no longer normalises with the task", MODEL)
+mutant("model/bn-momentum", F,
+       "affine=True, track_running_stats=False)",
+       "affine=True, track_running_stats=False, momentum=0.5)",
+       "another batch-norm momentum", MODEL,
+       equivalent="momentum only updates running statistics, and none are kept")
+mutant("model/relu-before-norm", F,
+       "self.pool(torch.relu(self.norm(self.conv(x))))",
+       "self.pool(self.norm(torch.relu(self.conv(x))))",
+       "ReLU before batch norm", MODEL)
+mutant("model/bn-weight-ones", F,
+       "        nn.init.uniform_(self.norm.weight)  # learn2learn: BN weight ~ U(0, 1)\n",
+       "",
+       "batch-norm weights left at 1 instead of U(0, 1)", MODEL)
+mutant("model/kaiming-conv", F,
+       "nn.init.xavier_uniform_(self.conv.weight)",
+       "nn.init.kaiming_uniform_(self.conv.weight)",
+       "conv weights Kaiming- instead of Xavier-uniform", MODEL)
+mutant("model/no-padding", F,
+       "nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)",
+       "nn.Conv2d(in_channels, out_channels, 3, padding=0, bias=True)",
+       "3x3 convolutions without padding", MODEL)
+mutant("model/pool-ceil", F,
+       "side //= 2  # MaxPool2d(2) floors",
+       "side = (side + 1) // 2  # MaxPool2d(2) floors",
+       "feature size computed with ceiling division", MODEL)
+mutant("model/head-bias-init", F,
+       "    nn.init.zeros_(head.bias)\n",
+       "",
+       "head bias keeps nn.Linear's random init instead of zero", MODEL)
+
+# --------------------------------------------------------------------------------- anil/data.py
+F = "anil/data.py"
+
+mutant("data/offsets-right", F,
+       "np.searchsorted(labels, np.arange(num_classes + 1))",
+       "np.searchsorted(labels, np.arange(num_classes + 1), side=\"right\")",
+       "class offsets off by one class (searchsorted side='right')", DATA)
+mutant("data/images-not-regrouped", F,
+       "                images = images[order]\n",
+       "                pass\n",
+       "labels sorted into class blocks but images left in their original order", DATA)
+mutant("data/no-memory-map", F,
+       'mmap_mode="r" if mmap else None',
+       "mmap_mode=None",
+       "every split read whole into memory", DATA)
+
+# -------------------------------------------------------------------------- anil/paper/nil.py
+F = "anil/paper/nil.py"
+
+mutant("nil/softmax-over-queries", F,
+       "torch.softmax(cosine, dim=1)",
+       "torch.softmax(cosine, dim=0)",
+       "attention normalised over the queries instead of the support set", NIL)
+mutant("nil/temperature", F,
+       "torch.softmax(cosine, dim=1)",
+       "torch.softmax(cosine / 0.1, dim=1)",
+       "softmax temperature 0.1 instead of Matching Networks' 1", NIL)
+mutant("nil/unnormalised-support", F,
+       "F.normalize(support_features, dim=1).T",
+       "support_features.T",
+       "dot product with unnormalised support features instead of cosine", NIL)
+mutant("nil/queries-are-support", F,
+       "labels[0::2], features[1::2], ways)",
+       "labels[0::2], features[0::2], ways)",
+       "the support images are classified instead of the queries", NIL)
+
+# -------------------------------------------------------------------------- anil/paper/cka.py
+F = "anil/paper/cka.py"
+
+mutant("cka/not-centred", F,
+       "    x = x - x.mean(0, keepdim=True)\n",
+       "",
+       "Gram matrices not centred", CKA)
+mutant("cka/centred-per-input", F,
+       "x = x - x.mean(0, keepdim=True)",
+       "x = x - x.mean(1, keepdim=True)",
+       "centred over the features of each input instead of over inputs", CKA)
+mutant("cka/denominator", F,
+       "denominator = k.norm() * l.norm()",
+       "denominator = k.norm() ** 2",
+       "normalised by ||K||^2 instead of ||K|| ||L||", CKA)
+
+# ------------------------------------------------------------------------- anil/paper/maml.py
+F = "anil/paper/maml.py"
+
+mutant("maml/first-order-not-detached", F,
+       "grads = {k: g.detach() for k, g in grads.items()}",
+       "grads = {k: g for k, g in grads.items()}",
+       "first-order MAML keeps the second-order terms (missing .detach())", MAML)
+mutant("maml/ascent", F,
+       "fast = {k: fast[k] - step_size * grads[k] for k in fast}",
+       "fast = {k: fast[k] + step_size * grads[k] for k in fast}",
+       "inner loop steps up the gradient", MAML)
+mutant("maml/support-odd", F,
+       "support = slice(0, None, 2)",
+       "support = slice(1, None, 2)",
+       "inner loop adapts on the query positions", MAML)
+mutant("maml/query-even", F,
+       "images)[1::2]\n    query_labels = labels[1::2]",
+       "images)[0::2]\n    query_labels = labels[1::2]",
+       "outer loss scored on the support positions", MAML)
+mutant("maml/meta-loss-sum", F,
+       "return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
+       "return torch.stack(losses).sum(), torch.stack(accuracies).mean()",
+       "meta-loss summed over the meta-batch instead of averaged", MAML)
+mutant("maml/layer-index", F,
+       'f"body.blocks.{int(layer[4:]) - 1}."',
+       'f"body.blocks.{int(layer[4:])}."',
+       "conv<i> names block i instead of block i-1", MAML)
+mutant("maml/eval-not-detached", F,
+       "params = {k: v.detach() for k, v in network_params(body, head).items()}",
+       "params = network_params(body, head)",
+       "test-time adaptation starts from the live parameters (no .detach())", MAML,
+       equivalent="it runs under torch.no_grad and returns a float: the values are the same and no "
+                  "graph reaches the caller")
+
+# ---------------------------------------------------------------- anil/evaluation.py: mean_ci95
+F = "anil/evaluation.py"
+
+mutant("ci95/no-sqrt-n", F,
+       "float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))",
+       "float(1.96 * values.std(ddof=1))",
+       "half-width 1.96 s instead of 1.96 s / sqrt(n)", CI95)
+mutant("ci95/population-std", F,
+       "values.std(ddof=1)",
+       "values.std(ddof=0)",
+       "population standard deviation instead of the sample one", CI95)
+mutant("ci95/z-90", F,
+       "float(1.96 * values.std",
+       "float(1.645 * values.std",
+       "z of a 90% interval", CI95)
+mutant("ci95/population-std-over-n-minus-1", F,
+       "values.std(ddof=1) / math.sqrt(len(values))",
+       "values.std(ddof=0) / math.sqrt(len(values) - 1)",
+       "population std divided by sqrt(n - 1)", CI95,
+       equivalent="sqrt(SS/n) / sqrt(n-1) = sqrt(SS/(n-1)) / sqrt(n): the same number up to rounding")
+mutant("ci95/one-value", F,
+       "if len(values) < 2:",
+       "if len(values) < 1:",
+       "n = 1 goes through std(ddof=1)", CI95,
+       equivalent="numpy returns nan for the std of one value (with a RuntimeWarning): the same "
+                  "(mean, nan)")
+
+# ------------------------------------------------------------------------- data_prep/common.py
+F = "data_prep/common.py"
+
+mutant("common/duplicate-in-split", F,
+       '        if len(set(names)) != len(names):\n'
+       '            raise PrepError(f"{source}: the {split} split lists a class twice")\n',
+       "",
+       "a class listed twice in one split is accepted", GUARDS)
+mutant("common/splits-checked-separately", F,
+       "    for split, names in splits.items():\n        if len",
+       "    for split, names in splits.items():\n        seen = {}\n        if len",
+       "the class-to-split record is reset per split: a class in two splits passes", GUARDS)
+mutant("common/drive-letter", F,
+       ' or (path.parts and ":" in path.parts[0])',
+       "",
+       "Windows drive names (C:evil, C:/x) accepted", GUARDS)
+mutant("common/backslash", F,
+       'PurePosixPath(name.replace("\\\\", "/"))',
+       "PurePosixPath(name)",
+       "backslash separators not normalised: ..\\up accepted", GUARDS)
+mutant("common/leading-dotdot-only", F,
+       '".." in path.parts',
+       'path.parts[:1] == ("..",)',
+       "only a leading .. refused: a/../../up accepted", GUARDS)
+mutant("common/dotdot-substring", F,
+       '".." in path.parts',
+       '".." in name',
+       "any name containing '..' refused (a..b/c is a plain file)", GUARDS)
+mutant("common/absolute", F,
+       "if path.is_absolute() or ",
+       "if ",
+       "absolute member names accepted", GUARDS)
+mutant("common/tar-resolve", F,
+       '                if not (root / m.name).resolve().is_relative_to(root):\n'
+       '                    _check_member(archive, "../" + m.name)\n',
+       "",
+       "tar members not checked to resolve inside dest (a link already there)", GUARDS)
+mutant("common/hard-links", F,
+       "is_link=m.issym() or m.islnk()",
+       "is_link=m.issym()",
+       "tar hard links not named as links", GUARDS)
+mutant("common/zip-link-mode", F,
+       "is_link=(mode & 0o170000) == 0o120000",
+       "is_link=mode == 0o120000",
+       "zip symlinks detected only with mode exactly 0o120000", GUARDS)
+mutant("common/download-trusts-existing", F,
+       "if dest.is_file() and (md5 is None or md5sum(dest) == md5):",
+       "if dest.is_file():",
+       "an existing download is reused without checking its md5", GUARDS)
+mutant("common/unpickler-falls-back", F,
+       'raise pickle.UnpicklingError(f"it refers to {module}.{name}")',
+       "return super().find_class(module, name)",
+       "the safe unpickler falls back to the default lookup: any global allowed", GUARDS)
+mutant("common/unpickler-allows-numpy", F,
+       "        if (module, name) in SAFE_GLOBALS:\n            return SAFE_GLOBALS[(module, name)]",
+       '        if (module, name) in SAFE_GLOBALS or module.startswith("numpy"):\n'
+       "            return super().find_class(module, name)",
+       "any numpy global allowed (numpy.load, numpy.testing's runstring)", GUARDS)
+
+# ----------------------------------------------------------------------- data_prep/cifar100.py
+F = "data_prep/cifar100.py"
+
+mutant("cifar100/transposed", F,
+       "transpose(0, 2, 3, 1)",
+       "transpose(0, 3, 2, 1)",
+       "images transposed (rows and columns swapped)", CIFAR)
+mutant("cifar100/rows-as-hwc", F,
+       "data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)",
+       "data.reshape(-1, 32, 32, 3)",
+       "a row read as interleaved RGB instead of three planes", CIFAR)
+mutant("cifar100/train-file-only", F,
+       'for f in ("train", "test")]',
+       'for f in ("train",)]',
+       "only the train file: 500 of each class's 600 images", CIFAR)
+mutant("cifar100/coarse-for-fine", F,
+       "labels = label_of[data.fine]",
+       "labels = label_of[data.coarse]",
+       "classes selected by superclass index instead of fine label", CIFAR)
+mutant("cifar100/archive-md5-unchecked", F,
+       '    verify_md5(archive, MD5[ARCHIVE], f"delete it and {HOW_TO_GET}")\n',
+       "",
+       "the archive's md5 is not checked", CIFAR)
+mutant("cifar100/extracted-md5-unchecked", F,
+       '                verify_md5(folder / f, MD5[f], f"delete {folder} and {HOW_TO_GET}")\n',
+       "                pass\n",
+       "the files of an extracted folder are not checked", CIFAR)
+
+# ----------------------------------------------------------------------- data_prep/omniglot.py
+F = "data_prep/omniglot.py"
+
+mutant("omniglot/not-inverted", F,
+       "return 255 - np.asarray(image, dtype=np.uint8)",
+       "return np.asarray(image, dtype=np.uint8)",
+       "strokes left dark on white", OMNIGLOT)
+mutant("omniglot/bilinear", F,
+       ".resize((SIZE, SIZE), Image.LANCZOS)",
+       ".resize((SIZE, SIZE), Image.BILINEAR)",
+       "bilinear instead of LANCZOS resize", OMNIGLOT)
+mutant("omniglot/unsorted-shuffle", F,
+       "order = sorted(names)",
+       "order = list(names)",
+       "the MAML split shuffles the zip's member order (filesystem-dependent)", OMNIGLOT,
+       equivalent="prepare() passes read_characters' keys, which are already sorted; the sort in "
+                  "maml_split only protects other callers")
+mutant("omniglot/val-in-test", F,
+       '"test": order[n_train + n_val:]',
+       '"test": order[n_train:]',
+       "split leakage: validation characters also in the test split", OMNIGLOT)
+mutant("omniglot/rotation-direction", F,
+       "np.rot90(images, k, axes=(2, 3))",
+       "np.rot90(images, k, axes=(3, 2))",
+       "the class named rot90 is rotated by 270 degrees", OMNIGLOT)
+mutant("omniglot/md5-unchecked", F,
+       '        verify_md5(path, MD5[archive], f"delete it and {HOW_TO_GET}")\n',
+       "",
+       "the zips' md5 is not checked", OMNIGLOT)
+
+# --------------------------------------------------------------------- anil/run/checkpoint.py
+F = "anil/run/checkpoint.py"
+
+mutant("checkpoint/write-in-place", F,
+       'tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")',
+       "tmp = path",
+       "written in place: a failed write destroys the previous checkpoint", CHECKPOINT)
+mutant("checkpoint/numpy-pos", F,
+       'n["pos"], n["has_gauss"]',
+       '0, n["has_gauss"]',
+       "numpy's position in its key stream not restored", CHECKPOINT)
+mutant("checkpoint/torch-rng", F,
+       '    torch.set_rng_state(state["torch"])\n',
+       "",
+       "torch's CPU random state not restored", CHECKPOINT)
+mutant("checkpoint/unsafe-load", F,
+       'torch.load(path, map_location="cpu", weights_only=True)',
+       'torch.load(path, map_location="cpu", weights_only=False)',
+       "checkpoints unpickled with arbitrary globals", CHECKPOINT)
+mutant("checkpoint/no-crc", F,
+       "damaged = archive.testzip()",
+       "damaged = None",
+       "member CRCs not checked: flipped bytes in the weights load silently", CHECKPOINT)
+mutant("checkpoint/differences-reversed", F,
+       'f"{k}: {saved.get(k, missing)!r} → {current.get(k, missing)!r}"',
+       'f"{k}: {current.get(k, missing)!r} → {saved.get(k, missing)!r}"',
+       "a changed setting reported as current -> saved", CHECKPOINT)
