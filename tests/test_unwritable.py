@@ -4,6 +4,7 @@ train.py calls, and ``python -m data_prep.glyphs``) and from every preparation, 
 half-written behind."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,6 @@ def test_ensure_into_an_unwritable_place_is_one_dataset_error(kind, tmp_path, sm
     assert message.startswith(f"cannot write the dataset {root / 'glyphs'}: ") or message.startswith(
         f"cannot write {root / 'glyphs'}: "), message
     assert "\n" not in message
-    import re
     assert re.search(says, message), message
     if before is not None:  # nothing half-written: no partial folder, no lock file
         assert sorted(os.listdir(root)) == before
@@ -177,7 +177,6 @@ def test_every_preparation_into_an_unwritable_root_is_one_line(name, kind, tmp_p
     assert common.run_cli(PREPARERS[name], argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot write ") and str(root / name) in err[0], err
-    import re
     assert re.search(says, err[0]), err[0]
 
 
