@@ -10,16 +10,16 @@ images of a class, so the train (500 per class) and test (100 per class) files a
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from anil.data import write_prepared
+from anil.data import temporary_folder, write_prepared
 
-from .common import PrepError, download, safe_extract, safe_load_pickle, verify_md5
+from .common import (ExtractLimit, PrepError, add_extract_limit_arg, download, limit_from_args,
+                     safe_extract, safe_load_pickle, verify_md5)
 
 ARCHIVE = "cifar-100-python.tar.gz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -31,6 +31,9 @@ MD5 = {
     "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
     "meta": "7973b15100ade9c7d40fb424638fde48",
 }
+# The archive extracts to train (155 MB: 50000 x 3072 bytes of pixels, plus names and labels),
+# test (31 MB) and meta, 187 MB in all; about twice that is allowed (--max-extract-mb overrides).
+EXTRACT_LIMIT = ExtractLimit.mb(400, member_mb=320)
 HOW_TO_GET = (f"download it with --download, or get {ARCHIVE} from {URL} and pass its path "
               f"with --source")
 
@@ -88,9 +91,11 @@ def _read_folder(folder: Path, source: str) -> Cifar100:
     return Cifar100(images, fine, coarse, fine_names, coarse_names, source)
 
 
-def load(root: Path, source: Path | None = None, fetch: bool = False) -> Cifar100:
+def load(root: Path, source: Path | None = None, fetch: bool = False,
+         limit: ExtractLimit = EXTRACT_LIMIT) -> Cifar100:
     """CIFAR-100 from ``--source`` (the archive, a folder holding it, or an extracted
-    ``cifar-100-python`` folder), from ``<root>/raw``, or downloaded there with ``fetch``."""
+    ``cifar-100-python`` folder), from ``<root>/raw``, or downloaded there with ``fetch``; the
+    archive is extracted within ``limit``."""
     root = Path(root)
     if fetch:
         archive = download(URL, root / "raw" / ARCHIVE, MD5[ARCHIVE])
@@ -107,9 +112,8 @@ def load(root: Path, source: Path | None = None, fetch: bool = False) -> Cifar10
                 verify_md5(folder / f, MD5[f], f"delete {folder} and {HOW_TO_GET}")
             return _read_folder(folder, str(folder))
     verify_md5(archive, MD5[ARCHIVE], f"delete it and {HOW_TO_GET}")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".cifar100-extract-", dir=root) as tmp:
-        safe_extract(archive, tmp)
+    with temporary_folder(root, "cifar100", "extract") as tmp:
+        safe_extract(archive, tmp, limit)
         folder = Path(tmp) / FOLDER
         for f in ("train", "test", "meta"):
             if not (folder / f).is_file():
@@ -146,6 +150,7 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
                        f"{FOLDER} folder (default: <root>/raw)")
     group.add_argument("--download", action="store_true",
                        help=f"download {ARCHIVE} into <root>/raw (md5 checked; kept for next time)")
+    add_extract_limit_arg(parser, EXTRACT_LIMIT)
 
 
 def write_and_report(root: Path, name: str, splits: dict, counts: dict, meta: dict) -> Path:
@@ -162,6 +167,6 @@ def command(prepare, description: str):
         add_source_args(parser)
         args = parser.parse_args(argv)
         start = time.perf_counter()
-        prepare(args.root, args.source, args.download)
+        prepare(args.root, args.source, args.download, limit_from_args(args, EXTRACT_LIMIT))
         print(f"done in {time.perf_counter() - start:.1f}s")
     return main

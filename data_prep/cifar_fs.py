@@ -14,8 +14,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from anil.data import lock_dataset
+
 from . import cifar100
-from .common import check_disjoint, read_list, run_cli
+from .common import ExtractLimit, check_disjoint, read_list, run_cli
 
 NAME = "cifar-fs"
 SPLIT_FILES = {s: f"cifar_fs_{s}.txt" for s in ("train", "val", "test")}
@@ -27,9 +29,17 @@ def split_classes() -> dict[str, list[str]]:
     return classes
 
 
-def prepare(root: Path, source: Path | None = None, fetch: bool = False) -> Path:
+def prepare(root: Path, source: Path | None = None, fetch: bool = False,
+            limit: ExtractLimit = cifar100.EXTRACT_LIMIT) -> Path:
+    """Write ``<root>/cifar-fs`` from CIFAR-100 (see ``cifar100.load``), holding the dataset's lock
+    throughout (a second preparation at the same time is refused)."""
+    with lock_dataset(root, NAME):
+        return _prepare(root, source, fetch, limit)
+
+
+def _prepare(root, source, fetch, limit) -> Path:
     classes = split_classes()
-    data = cifar100.load(root, source, fetch)
+    data = cifar100.load(root, source, fetch, limit)
     splits, counts = {}, {}
     for split, names in classes.items():
         images, labels, per_class = cifar100.select(data, names, SPLIT_FILES[split])

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from anil.data import lock_dataset
+
 from . import cifar100
-from .common import PrepError, check_disjoint, read_list, run_cli
+from .common import ExtractLimit, PrepError, check_disjoint, read_list, run_cli
 
 NAME = "fc100"
 SPLIT_FILES = {s: f"fc100_{s}.txt" for s in ("train", "val", "test")}
@@ -41,9 +43,17 @@ def split_superclasses() -> dict[str, list[tuple[int, str, list[str]]]]:
     return out
 
 
-def prepare(root: Path, source: Path | None = None, fetch: bool = False) -> Path:
+def prepare(root: Path, source: Path | None = None, fetch: bool = False,
+            limit: ExtractLimit = cifar100.EXTRACT_LIMIT) -> Path:
+    """Write ``<root>/fc100`` from CIFAR-100 (see ``cifar100.load``), holding the dataset's lock
+    throughout (a second preparation at the same time is refused)."""
+    with lock_dataset(root, NAME):
+        return _prepare(root, source, fetch, limit)
+
+
+def _prepare(root, source, fetch, limit) -> Path:
     superclasses = split_superclasses()
-    data = cifar100.load(root, source, fetch)
+    data = cifar100.load(root, source, fetch, limit)
     splits, counts = {}, {}
     for split, rows in superclasses.items():
         names = []

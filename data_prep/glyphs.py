@@ -9,6 +9,10 @@ like prepared Omniglot, 28×28 grayscale.
 Deterministic from the seed: the same seed and Pillow version give the same bytes. Written in the prepared format of ``anil.data`` (default: ./data/glyphs).
 
     python -m data_prep.glyphs --root data
+
+``ensure`` (what train.py and the other tools call) generates the dataset on first use. Two
+processes started at once on a fresh machine (two ``python train.py``) do not both write it: one
+generates while the other waits for it (up to ``ENSURE_WAIT_S``) and then uses its result.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anil.data import DatasetError, read_meta, write_prepared
+from anil.data import DatasetError, describe_os_error, lock_dataset, read_meta, write_prepared
+
+from .common import run_cli
 
 NAME = "glyphs"
 DEFAULT_ROOT = Path("data")
+SEEDS = 2 ** 32  # seeds lie in [0, 2**32), like every seed of the project
+# How long ensure() waits for another process generating the dataset: generating took 15 s on
+# an idle 2-core machine and 48 s on one loaded 2.5x over, so only a stuck process runs out.
+ENSURE_WAIT_S = 600.0
 DEFAULT_SPLIT = (1100, 100, 423)  # like Omniglot's MAML split of 1623 characters
 INSTANCES = 20  # like Omniglot's 20 drawers
 SIZE = 28
@@ -94,51 +104,85 @@ def draw_instances(rng: np.random.Generator, points: np.ndarray, mask: np.ndarra
     return out
 
 
+def check_seed(seed) -> int:
+    """``seed`` if it is an integer in [0, 2**32), else ValueError. numpy would take any
+    non-negative integer, but the project's seeds share one range (the one ``--seed`` accepts)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEEDS:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 def generate(seed: int = 0, split=DEFAULT_SPLIT, instances: int = INSTANCES):
     """All images uint8 [classes, instances, 28, 28], classes in split order (train, val, test)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     points, mask = make_characters(rng, sum(split))
     return draw_instances(rng, points, mask, instances)
 
 
 def prepare(root=DEFAULT_ROOT, seed: int = 0, split=DEFAULT_SPLIT, instances: int = INSTANCES) -> Path:
-    """Generate and write the dataset to ``<root>/glyphs`` (atomically); returns its path."""
-    images = generate(seed, split, instances)
-    splits, first = {}, 0
-    for name, count in zip(("train", "val", "test"), split):
-        block = images[first:first + count]
-        labels = np.repeat(np.arange(count), instances)
-        names = [f"glyph{first + i:04d}" for i in range(count)]
-        splits[name] = (block.reshape(-1, SIZE, SIZE, 1), labels, names)
-        first += count
-    meta = {"source": "procedural glyphs (data_prep/glyphs.py)",
-            "generator": {"seed": seed, "split": list(split), "instances": instances}}
-    return write_prepared(root, NAME, splits, meta)
+    """Generate and write the dataset to ``<root>/glyphs`` (atomically, holding its lock from
+    the start: a second process at the same time gets a DatasetError); returns its path."""
+    check_seed(seed)
+    with lock_dataset(root, NAME):
+        images = generate(seed, split, instances)
+        splits, first = {}, 0
+        for name, count in zip(("train", "val", "test"), split):
+            block = images[first:first + count]
+            labels = np.repeat(np.arange(count), instances)
+            names = [f"glyph{first + i:04d}" for i in range(count)]
+            splits[name] = (block.reshape(-1, SIZE, SIZE, 1), labels, names)
+            first += count
+        meta = {"source": "procedural glyphs (data_prep/glyphs.py)",
+                "generator": {"seed": seed, "split": list(split), "instances": instances}}
+        return write_prepared(root, NAME, splits, meta)
 
 
-def ensure(root=DEFAULT_ROOT, seed: int = 0, verbose: bool = True) -> Path:
-    """The path of the built-in dataset, generating it first if it is absent or was built
-    with other settings."""
-    path = Path(root) / NAME
-    wanted = {"seed": seed, "split": list(DEFAULT_SPLIT), "instances": INSTANCES}
+def _generated_with(path: Path) -> dict | None:
     try:
-        if read_meta(path).get("generator") == wanted:
-            return path
+        return read_meta(path).get("generator")
     except DatasetError:
-        pass
-    if verbose:
-        print(f"generating the built-in glyph dataset in {path} (once) ...", flush=True)
-    start = time.perf_counter()
-    prepare(root, seed)
-    if verbose:
-        print(f"  done in {time.perf_counter() - start:.1f}s", flush=True)
+        return None
+
+
+def ensure(root=DEFAULT_ROOT, seed: int = 0, verbose: bool = True, wait: float = ENSURE_WAIT_S) -> Path:
+    """The path of the built-in dataset, generating it first if it is absent or was built
+    with other settings.
+
+    If another process is generating it, waits up to ``wait`` seconds for it and uses its
+    result (a dataset that is already there is read without any lock). Every failure, a
+    folder that cannot be written included, is a one-line DatasetError.
+    """
+    path = Path(root) / NAME
+    wanted = {"seed": check_seed(seed), "split": list(DEFAULT_SPLIT), "instances": INSTANCES}
+    if _generated_with(path) == wanted:
+        return path
+    try:
+        with lock_dataset(root, NAME, wait=wait, on_wait=print if verbose else None):
+            if _generated_with(path) == wanted:  # made by the process we waited for
+                return path
+            if verbose:
+                print(f"generating the built-in glyph dataset in {path} (once) ...", flush=True)
+            start = time.perf_counter()
+            prepare(root, seed, DEFAULT_SPLIT, INSTANCES)
+            if verbose:
+                print(f"  done in {time.perf_counter() - start:.1f}s", flush=True)
+    except OSError as e:
+        raise DatasetError(f"cannot make the built-in dataset in {path}: {describe_os_error(e)}") from None
     return path
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, 2**32)."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}") from None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder for prepared datasets")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0, help="generator seed, in [0, 2**32)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = prepare(args.root, args.seed)
@@ -146,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

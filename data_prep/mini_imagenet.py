@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from anil.data import write_prepared
+from anil.data import lock_dataset, temporary_folder, write_prepared
 
-from .common import PrepError, check_disjoint, read_list, run_cli, safe_extract, safe_load_pickle, verify_md5
+from .common import (ExtractLimit, PrepError, add_extract_limit_arg, check_disjoint, limit_from_args,
+                     read_list, run_cli, safe_extract, safe_load_pickle, verify_md5)
 
 NAME = "mini-imagenet"
 FILES = {
@@ -40,6 +40,9 @@ FILES = {
 TARBALL = "mini-imagenet.tar.gz"
 TARBALL_MD5 = "b38f1eb4251fb9459ecc8e7febf9b2eb"  # torchmeta's MiniImagenet
 SIZE = 84
+# mini-imagenet.tar.gz holds the three pickles: 38400 + 9600 + 12000 images of 84x84x3 bytes,
+# 813 + 203 + 254 = 1270 MB; about twice that is allowed (--max-extract-mb overrides).
+EXTRACT_LIMIT = ExtractLimit.mb(2600, member_mb=1700)
 HOW_TO_GET = ("get mini-imagenet-cache-{train,val,test}.pkl again (README, section mini-ImageNet: "
               "learn2learn's copies on zenodo.org/record/7978538, or the Google Drive files listed by "
               "github.com/renmengye/few-shot-ssl-public) and pass their folder with --source")
@@ -99,17 +102,18 @@ def find_pickles(folder: Path) -> dict[str, Path]:
     return out
 
 
-def prepare(root: Path, source: Path | None = None) -> Path:
+def prepare(root: Path, source: Path | None = None, limit: ExtractLimit = EXTRACT_LIMIT) -> Path:
+    """Read the pickles (or the tarball, extracted within ``limit``) and write ``<root>/mini-imagenet``,
+    holding the dataset's lock throughout (a second preparation at the same time is refused)."""
     root = Path(root)
     classes = {s: read_list(f"mini_imagenet_{s}.txt") for s in FILES}
     check_disjoint(classes, "data_prep/splits/mini_imagenet_*.txt")
     where = Path(source) if source is not None else root / "raw"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".mini-imagenet-extract-", dir=root) as tmp:
+    with lock_dataset(root, NAME), temporary_folder(root, NAME, "extract") as tmp:
         if where.is_file() and where.name.endswith((".tar.gz", ".tgz", ".tar")):
             if where.name == TARBALL:
                 verify_md5(where, TARBALL_MD5, f"delete it and {HOW_TO_GET}")
-            safe_extract(where, tmp)
+            safe_extract(where, tmp, limit)
             pickles = next((p for p in Path(tmp).rglob(FILES["train"][0])), None)
             where = pickles.parent if pickles is not None else Path(tmp)
         elif where.is_file():
@@ -121,9 +125,9 @@ def prepare(root: Path, source: Path | None = None) -> Path:
             images, labels, per_class = read_pickle(path, classes[split], f"mini_imagenet_{split}.txt")
             splits[split] = (images, labels, classes[split])
             counts[split] = f"{len(classes[split])} classes x {per_class}"
-    meta = {"source": f"mini-ImageNet cache pickles ({where})",
-            "split": "Ravi & Larochelle 2017, data_prep/splits/mini_imagenet_*.txt"}
-    path = write_prepared(root, NAME, splits, meta)
+        meta = {"source": f"mini-ImageNet cache pickles ({where})",
+                "split": "Ravi & Larochelle 2017, data_prep/splits/mini_imagenet_*.txt"}
+        path = write_prepared(root, NAME, splits, meta)
     print(f"wrote {path}: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + " images of 84x84x3")
     return path
 
@@ -133,9 +137,10 @@ def main(argv=None):
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder of prepared datasets")
     parser.add_argument("--source", type=Path, help="folder holding mini-imagenet-cache-{train,val,test}.pkl, "
                         "or mini-imagenet.tar.gz (default: <root>/raw)")
+    add_extract_limit_arg(parser, EXTRACT_LIMIT)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    prepare(args.root, args.source)
+    prepare(args.root, args.source, limit_from_args(args, EXTRACT_LIMIT))
     print(f"done in {time.perf_counter() - start:.1f}s")
 
 

@@ -1,4 +1,5 @@
 import io
+import os
 import re
 import tarfile
 import zipfile
@@ -98,12 +99,130 @@ def test_md5_and_checksum_errors(tmp_path):
         common.verify_md5(f, "0" * 32, "get it again")
 
 
-def test_an_unwritable_root_is_one_line(tmp_path, capsys):
-    from data_prep import mini_imagenet
-    (tmp_path / "file").write_text("not a folder")
-    code = common.run_cli(mini_imagenet.main, ["--root", str(tmp_path / "file"), "--source", str(tmp_path)])
+class Zeros(io.RawIOBase):
+    """``size`` zero bytes, read in pieces (a bomb's content without holding it in memory)."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def readinto(self, buffer):
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+    def readable(self):
+        return True
+
+
+def zip_of_zeros(path, sizes):
+    """A deflated zip holding one file of zeros per size (zeros.0, zeros.1, ...)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, size in enumerate(sizes):
+            with zf.open(f"top/zeros.{i}", "w", force_zip64=True) as out:
+                src = Zeros(size)
+                while block := src.read(1 << 20):
+                    out.write(block)
+    return path
+
+
+def tar_gz_of_zeros(path, sizes):
+    with tarfile.open(path, "w:gz") as tf:
+        for i, size in enumerate(sizes):
+            info = tarfile.TarInfo(f"top/zeros.{i}")
+            info.size = size
+            tf.addfile(info, io.BufferedReader(Zeros(size)))
+    return path
+
+
+BUILD = {"zip": zip_of_zeros, "tar.gz": tar_gz_of_zeros}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD))
+def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path, kind, monkeypatch):
+    def no_writing(*args):
+        raise AssertionError("a member was being written")
+    monkeypatch.setattr(common, "_copy_new", no_writing)
+    bomb = BUILD[kind](tmp_path / f"bomb.{kind}", [200 * common.MB])
+    assert bomb.stat().st_size < 1 * common.MB  # 200 MB of zeros, compressed about 1000x
+    limit = common.default_limit(bomb)
+    assert limit.total < 70 * common.MB  # 64 MB + 20x its size
+    dest = tmp_path / "out"
+    with pytest.raises(common.PrepError) as e:
+        common.safe_extract(bomb, dest)
+    assert str(e.value) == (
+        f"{bomb}: its member 'top/zeros.0' expands to more than {limit.member / common.MB:g} MB (the "
+        f"limit per member); refusing to extract it (a decompression bomb, or not the expected file); "
+        f"nothing was kept; if you trust the archive, raise the limit with --max-extract-mb")
+    assert list(dest.iterdir()) == []
+    if kind == "zip":
+        with pytest.raises(common.PrepError, match="the limit per member"):
+            common.open_zip(bomb)  # what the Omniglot reader uses
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD))
+def test_the_limit_for_the_whole_archive_and_its_override(tmp_path, kind):
+    archive = BUILD[kind](tmp_path / f"a.{kind}", [2 * common.MB] * 3)
+    limit = common.ExtractLimit.mb(5, member_mb=3)
+    with pytest.raises(common.PrepError, match=rf"a.{kind}: it expands to more than 5 MB \(the limit "
+                                               r"for the whole archive\); refusing"):
+        common.safe_extract(archive, tmp_path / "out", limit)
+    assert list((tmp_path / "out").iterdir()) == []
+    common.safe_extract(archive, tmp_path / "out", common.ExtractLimit.mb(6, member_mb=2))  # exactly fits
+    assert sorted(p.stat().st_size for p in (tmp_path / "out" / "top").iterdir()) == [2 * common.MB] * 3
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD))
+def test_sizes_are_counted_while_copying_too(tmp_path, kind, monkeypatch):
+    """Declared sizes can lie: with the declarations believed (the check before extraction
+    disabled), the bytes counted while copying still stop the bomb and remove what was written."""
+    archive = BUILD[kind](tmp_path / f"a.{kind}", [1 * common.MB, 1 * common.MB, 30 * common.MB])
+    monkeypatch.setattr(common._Meter, "declare", lambda self, name, size: None)
+    dest = tmp_path / "out"
+    with pytest.raises(common.PrepError, match=r"member 'top/zeros.2' expands to more than 4 MB \(the limit "
+                                               r"per member\)"):
+        common.safe_extract(archive, dest, common.ExtractLimit.mb(10, member_mb=4))
+    assert list(dest.iterdir()) == []  # the two good members and the partial third are gone
+    with pytest.raises(common.PrepError, match=r"it expands to more than 1.5 MB \(the limit for the whole"):
+        common.safe_extract(archive, dest, common.ExtractLimit.mb(1.5))
+    assert list(dest.iterdir()) == []
+    if kind == "zip":  # reading members one by one, as the Omniglot reader does
+        with common.open_zip(archive, common.ExtractLimit.mb(10, member_mb=4)) as zf:
+            assert len(zf.read("top/zeros.0")) == common.MB
+            with pytest.raises(common.PrepError, match="'top/zeros.2' expands to more than 4 MB"):
+                zf.read("top/zeros.2")
+
+
+def test_extraction_never_overwrites_an_existing_file(tmp_path):
+    archive = tar_with(tmp_path / "a.tar.gz", (dict(name="new.txt"), b"new"),
+                       (dict(name="mine.txt"), b"evil"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("the user's")
+    with pytest.raises(common.PrepError, match=r"cannot extract .*a.tar.gz: .*mine.txt already exists "
+                                               r"\(extracting never overwrites a file\)"):
+        common.safe_extract(archive, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["mine.txt"]
+    assert (tmp_path / "out" / "mine.txt").read_text() == "the user's"
+
+
+def test_preparation_with_a_lowered_limit_is_one_line(tmp_path, monkeypatch, capsys):
+    from data_prep import cifar_fs
+    from prep_fixtures import make_cifar100
+    archive = make_cifar100(tmp_path / cifar100.ARCHIVE)  # 1000 images of 3072 bytes: 3.1 MB
+    monkeypatch.setitem(cifar100.MD5, cifar100.ARCHIVE, common.md5sum(archive))
+    code = common.run_cli(cifar_fs.main, ["--root", str(tmp_path / "data"), "--source", str(archive),
+                                          "--max-extract-mb", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "check the path" in err[0]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {archive}: its member 'cifar-100-python/train' expands to more "
+                             f"than 2 MB")
+    assert "--max-extract-mb" in err[0]
+    assert list((tmp_path / "data").iterdir()) == []  # no extraction folder, no lock
+    with pytest.raises(SystemExit) as e:
+        cifar_fs.main(["--root", str(tmp_path / "data"), "--max-extract-mb", "0"])
+    assert e.value.code == 2
+    assert "argument --max-extract-mb: must be a positive number of MB, got 0" in capsys.readouterr().err
+    assert cifar100.EXTRACT_LIMIT.total >= 2 * 187 * common.MB  # the real archive's 187 MB, twice
 
 
 # ---------------------------------------------- member names that leave the folder, end to end

@@ -1,7 +1,17 @@
-import numpy as np
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from anil.data import load_split, read_meta
+import numpy as np
+import pytest
+
+from anil.data import DatasetError, load_split, read_meta
+from anil.run.lock import this_host
 from data_prep import glyphs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_deterministic_from_seed():
@@ -52,3 +62,52 @@ def test_ensure_reuses_an_existing_dataset(glyph_root):
     stamp = (path / "meta.json").stat().st_mtime_ns
     assert glyphs.ensure(glyph_root, verbose=False) == path
     assert (path / "meta.json").stat().st_mtime_ns == stamp
+
+
+SLOW_ENSURE = """
+import sys, time
+from data_prep import glyphs
+glyphs.DEFAULT_SPLIT, glyphs.INSTANCES = (6, 2, 2), 3
+generate = glyphs.generate
+glyphs.generate = lambda *a: (time.sleep(3), generate(*a))[1]  # slow, while holding the lock
+glyphs.ensure(sys.argv[1])
+"""
+
+
+def test_two_processes_ensuring_at_once_generate_it_once(tmp_path, monkeypatch, capsys):
+    """`python train.py` twice on a fresh machine: the second waits and uses the first's result."""
+    first = subprocess.Popen([sys.executable, "-c", SLOW_ENSURE, str(tmp_path)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / ".glyphs.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.02)
+        monkeypatch.setattr(glyphs, "DEFAULT_SPLIT", (6, 2, 2))
+        monkeypatch.setattr(glyphs, "INSTANCES", 3)
+        path = glyphs.ensure(tmp_path)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    ours = capsys.readouterr().out
+    assert f"waiting for PID {first.pid} on " in ours and "generating" not in ours
+    assert "generating the built-in glyph dataset" in out
+    assert read_meta(path)["generator"] == {"seed": 0, "split": [6, 2, 2], "instances": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glyphs"]
+
+
+def test_ensure_gives_up_on_a_holder_that_does_not_finish(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".glyphs.lock").write_text(json.dumps({"pid": sleeper.pid, "host": this_host(),
+                                                           "token": "0" * 16}))
+        with pytest.raises(DatasetError) as e:
+            glyphs.ensure(tmp_path, verbose=False, wait=0.3)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert str(e.value) == (
+        f"another process (PID {sleeper.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
+        f"and has not finished after 0.3 s; wait for it to finish, or if it is gone delete "
+        f"{tmp_path / '.glyphs.lock'}")

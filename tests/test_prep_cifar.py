@@ -138,7 +138,7 @@ def test_interrupted_preparation_leaves_nothing_that_loads(archive, fixture_md5,
         calls.append(file)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        np.lib.format.write_array(open(file, "wb"), array)
+        np.lib.format.write_array(file, array)
 
     monkeypatch.setattr(anil.data.np, "save", interrupted_save)
     code = common.run_cli(cifar_fs.main, ["--root", str(tmp_path), "--source", str(archive)])

@@ -136,3 +136,101 @@ def test_restricted_unpickler_still_reads_numpy_and_containers(tmp_path):
     old = pickle.dumps(np.arange(3, dtype=np.uint8), protocol=2).replace(b"numpy._core", b"numpy.core")
     (tmp_path / "old.pkl").write_bytes(old)
     assert common.safe_load_pickle(tmp_path / "old.pkl", "").tolist() == [0, 1, 2]
+
+
+def reconstruct_spy(monkeypatch):
+    """Record every array numpy is asked to allocate by the unpickler's _reconstruct."""
+    calls = []
+    real = common._multiarray
+
+    class Spy:
+        scalar = real.scalar
+
+        @staticmethod
+        def _reconstruct(subtype, shape, dtype):
+            calls.append(shape)
+            return real._reconstruct(subtype, shape, dtype)
+    monkeypatch.setattr(common, "_multiarray", Spy)
+    return calls
+
+
+def test_a_pickle_asking_for_a_huge_array_is_refused_before_numpy_allocates(tmp_path, monkeypatch):
+    # numpy's own protocol 2 pickle of a 1 MB array, its _reconstruct asking for an empty array
+    # of shape (0,) changed to ask for (2**31 - 1, 4): 8.6 GB from a 1 MB file.
+    data = pickle.dumps(np.zeros((1000, 1000), np.uint8), protocol=2)
+    assert data.count(b"K\x00\x85") == 1
+    f = tmp_path / "huge.pkl"
+    f.write_bytes(data.replace(b"K\x00\x85", b"J\xff\xff\xff\x7fK\x04\x86"))
+    calls = reconstruct_spy(monkeypatch)
+    with pytest.raises(common.PrepError) as e:
+        common.safe_load_pickle(f, "get it again")
+    assert str(e.value).startswith(
+        f"{f} asks for arrays larger than the file itself (one of shape (2147483647, 4) int8, "
+        f"8,589,934,588 bytes, from a file of {f.stat().st_size:,} bytes;")
+    assert str(e.value).endswith("it is corrupt or made to exhaust memory; delete it and get it again")
+    assert calls == []  # refused before numpy was asked
+    f.write_bytes(data)
+    assert common.safe_load_pickle(f, "").shape == (1000, 1000) and calls == [(0,)]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_an_array_larger_than_its_stored_bytes_is_refused(tmp_path, protocol):
+    """The shape in the array's state (protocols 2-4) or in _frombuffer's arguments (5) changed
+    from (1000, 1000) to (65535, 65535), same length in the file: 4.3 GB asked of a 1 MB file."""
+    data = pickle.dumps({"image_data": np.zeros((1000, 1000), np.uint8)}, protocol=protocol)
+    assert data.count(b"M\xe8\x03M\xe8\x03") == 1
+    f = tmp_path / "lie.pkl"
+    f.write_bytes(data.replace(b"M\xe8\x03M\xe8\x03", b"M\xff\xffM\xff\xff"))
+    with pytest.raises(common.PrepError, match=r"lie.pkl asks for arrays larger than the file itself \(one "
+                                               r"of shape \(65535, 65535\) uint8, 4,294,836,225 bytes"):
+        common.safe_load_pickle(f, "")
+
+
+class SharedBytes:
+    """Pickles as numpy's protocol-2 array of the given bytes; the pickler stores the bytes
+    object once and refers back to it for every further array made from it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+        state = (1, (len(self.raw),), np.dtype(np.uint8), False, self.raw)
+        return _reconstruct, (np.ndarray, (0,), b"b"), state
+
+
+def test_one_stored_buffer_cannot_make_many_arrays(tmp_path):
+    raw = bytes(100_000)
+    f = tmp_path / "memo.pkl"
+    f.write_bytes(pickle.dumps([SharedBytes(raw)], protocol=2))
+    assert common.safe_load_pickle(f, "")[0].nbytes == len(raw)
+    f.write_bytes(pickle.dumps([SharedBytes(raw) for _ in range(6)], protocol=2))
+    assert f.stat().st_size < 2 * len(raw)  # the 100 KB are stored once
+    with pytest.raises(common.PrepError, match="asks for arrays larger than the file itself"):
+        common.safe_load_pickle(f, "")
+
+
+@pytest.mark.parametrize("value,why", [
+    (np.array([1, "a"], dtype=object), r"holds an array of Python objects \(dtype object\)"),
+    (np.zeros(2, dtype=[("x", "u1"), ("y", "O")]), r"holds an array of Python objects"),
+])
+def test_object_arrays_are_refused(tmp_path, value, why):
+    """numpy crashes (segfault) on a malformed object-array state; no dataset pickle has one."""
+    for protocol in (2, 5):
+        f = tmp_path / "objects.pkl"
+        f.write_bytes(pickle.dumps(value, protocol=protocol))
+        with pytest.raises(common.PrepError, match=why):
+            common.safe_load_pickle(f, "")
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00abX\x05\x00\x00\x00rot13\x86R.",
+     r"it refers to _codecs.encode with 'rot13'"),
+    (b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x7f\x85R.", "it calls numpy.ndarray itself"),
+    (b"\x80\x02]q\x00}b.", "it sets the state of a list"),
+])
+def test_other_uses_of_the_allowed_globals_are_refused(tmp_path, data, why):
+    f = tmp_path / "odd.pkl"
+    f.write_bytes(data)
+    with pytest.raises(common.PrepError, match=rf"odd.pkl is not a plain data pickle \({why}"):
+        common.safe_load_pickle(f, "")
