@@ -297,6 +297,8 @@ def safe_extract(archive: str | Path, dest: str | Path, limit: ExtractLimit | No
             with open_zip(archive, limit) as zf:  # members checked on opening, counted when read
                 for info in zf.infolist():
                     target = root / PurePosixPath(info.filename.replace("\\", "/"))
+                    if not target.resolve().is_relative_to(root):  # through a link in dest
+                        _check_member(archive, "../" + info.filename)
                     if info.is_dir():
                         _make_folders(target, root, created, archive)
                     else:

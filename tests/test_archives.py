@@ -279,3 +279,19 @@ def test_tar_member_through_a_link_already_in_the_folder_is_refused(tmp_path):
     with pytest.raises(common.PrepError, match=re.escape("holds a member outside its folder ('../link/evil.txt')")):
         common.safe_extract(archive, dest)
     assert list(outside.iterdir()) == []
+
+
+def test_zip_member_through_a_link_already_in_the_folder_is_refused(tmp_path):
+    """As for tar: a member whose path passes through a symbolic link in dest (to a folder
+    outside it) would land outside; the zip is refused and nothing is written there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "link").symlink_to(outside, target_is_directory=True)
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("link/evil.txt", b"evil")
+    with pytest.raises(common.PrepError, match=re.escape("holds a member outside its folder ('../link/evil.txt')")):
+        common.safe_extract(archive, dest)
+    assert list(outside.iterdir()) == []

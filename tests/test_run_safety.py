@@ -17,7 +17,7 @@ import torch
 
 from anil import train
 from anil.run.folder import RunFolder, RunFolderError
-from anil.run.lock import FolderLock, LockError
+from anil.run.lock import this_host
 from anil.run.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,8 @@ def test_a_second_writer_is_refused_naming_the_first(glyph_root, tmp_path, capsy
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / ".lock").write_text(f"{holder.pid} {os.uname().nodename}\n")
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": this_host(),
+                                                "token": "another run"}))
         code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1",
                                    "--out", out], capsys)
         assert code == 2 and f"another process (PID {holder.pid} on" in one_line(err)
@@ -211,16 +212,12 @@ def test_two_real_processes_one_folder(glyph_root, tmp_path):
     assert [r["iteration"] for r in rows] == sorted({r["iteration"] for r in rows})  # no duplicates
 
 
-def test_lock_semantics(tmp_path):
-    with FolderLock(tmp_path, "run folder") as lock:
-        assert lock.path.read_text().split()[0] == str(os.getpid())
-        with pytest.raises(LockError, match=f"PID {os.getpid()}"):
-            FolderLock(tmp_path).acquire()
-    assert not (tmp_path / ".lock").exists()
+def test_a_run_folder_lock_is_released_on_an_exception(tmp_path):
     with pytest.raises(ZeroDivisionError):
-        with FolderLock(tmp_path):
+        with RunFolder(tmp_path).open(resuming=False):
+            assert (tmp_path / ".lock").exists()
             1 / 0
-    assert not (tmp_path / ".lock").exists()  # released on an exception too
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(

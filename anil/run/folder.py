@@ -75,7 +75,7 @@ class RunFolder:
         self.path, self.writes, self.names = Path(path), writes, tuple(names)
         self.files = {name: self.path / name for name in self.names}
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
-        self._lock = FolderLock(self.path, what="run folder")
+        self._lock = FolderLock(self.path, what="run folder", lock_file=self.path / ".lock")
         self._replace_old = False
         self.checkpoint_iteration = None  # the iteration of the newest checkpoint.pt, if known
 
