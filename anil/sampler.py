@@ -89,6 +89,10 @@ class TaskSampler:
                 f"(smallest class: {split.counts.min()} images); use --shots "
                 f"{int(np.sort(split.counts)[-ways]) // 2} or fewer"
             )
+        height, width = split.images.shape[1:3]
+        if rotate and height != width:
+            raise SamplerError(f"rotations by k·90° need square images; {split.name or 'the split'} "
+                               f"holds {height}x{width} images: use --no-rotate")
         self.split, self.ways, self.shots = split, int(ways), int(shots)
         self.seed, self.num_tasks, self.rotate = int(seed), num_tasks, rotate
         self.draws = 0  # how many tasks next() has returned; with the rng, the sampler's state

@@ -555,8 +555,9 @@ def read_list(name: str) -> list[str]:
 def check_disjoint(splits: dict[str, list[str]], source: str) -> None:
     seen = {}
     for split, names in splits.items():
-        if len(set(names)) != len(names):
-            raise PrepError(f"{source}: the {split} split lists a class twice")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PrepError(f"{source}: the {split} split lists the class {twice[0]!r} twice")
         for n in names:
             if n in seen:
                 raise PrepError(f"{source}: class {n!r} is in both the {seen[n]} and {split} splits")

@@ -39,7 +39,8 @@ def test_a_class_listed_twice_in_one_split_is_refused(split):
     """A duplicate would make one class two labels of the same task."""
     splits = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
     splits[split] = splits[split] + [splits[split][0]]
-    with pytest.raises(common.PrepError, match=rf"^lists: the {split} split lists a class twice"):
+    twice = splits[split][0]
+    with pytest.raises(common.PrepError, match=rf"^lists: the {split} split lists the class '{twice}' twice"):
         common.check_disjoint(splits, "lists")
 
 
@@ -116,5 +117,5 @@ def test_a_pickle_naming_any_other_global_is_refused(tmp_path, module, name):
     merely names another callable (protocol 2: GLOBAL, then STOP) is refused before it is called."""
     path = tmp_path / "x.pkl"
     path.write_bytes(b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n.")
-    with pytest.raises(common.PrepError, match=re.escape(f"not a plain data pickle (it refers to {module}.{name},")):
+    with pytest.raises(common.PrepError, match=re.escape(f"not a plain data pickle (it refers to {module}.{name})")):
         common.safe_load_pickle(path, "get a clean copy")

@@ -281,3 +281,13 @@ def test_every_seed_and_split_has_its_own_task_stream():
     training tasks."""
     seeds = {(seed, split): split_seed(seed, split) for seed in range(100) for split in ("train", "val", "test")}
     assert len(set(seeds.values())) == len(seeds)
+
+
+def test_rotation_of_non_square_images_is_refused_up_front():
+    import numpy as np
+    from anil.data import ClassSplit
+    split = ClassSplit.from_labels(np.zeros((20, 4, 6, 1), np.uint8), np.repeat(np.arange(5), 4),
+                                   list("abcde"), name="wide/train")
+    with pytest.raises(SamplerError, match=r"need square images; wide/train holds 4x6 images"):
+        TaskSampler(split, 2, 1, rotate=True)
+    assert TaskSampler(split, 2, 1).task(0).images.shape == (4, 1, 4, 6)  # no rotation: fine
