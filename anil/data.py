@@ -195,7 +195,8 @@ def write_prepared(root: str | Path, name: str, splits: dict, extra_meta: dict |
 
     Everything is written into a temporary sibling folder which is renamed to ``<root>/<name>``
     only when complete; an existing dataset of that name is replaced only at that moment, and
-    anything at ``<root>/<name>`` that is not a prepared dataset is never replaced. Holds the
+    anything at ``<root>/<name>`` that is not a prepared dataset (or an empty folder) is never
+    replaced. Holds the
     dataset's lock (``lock_dataset``) throughout. Any failure to write is a DatasetError.
     """
     root = Path(root)
@@ -203,6 +204,8 @@ def write_prepared(root: str | Path, name: str, splits: dict, extra_meta: dict |
     try:
         root.mkdir(parents=True, exist_ok=True)
         with lock_dataset(root, name), temporary_folder(root, name, "partial") as tmp:
+            if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
+                final.rmdir()  # an empty folder holds nothing to lose
             if final.exists() or final.is_symlink():
                 if not (final / "meta.json").is_file():
                     raise DatasetError(
