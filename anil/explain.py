@@ -14,7 +14,8 @@ labels"), in the paper's notation:
 
 It prints the task, the features, a row per inner step s = 0..S (support and query loss and
 accuracy at w^(s), and ‖w^(s) − w^(0)‖), the query loss and accuracy, and the meta-gradient's norm
-per layer in second and first order, with the share of the second-order (Hessian) terms. It
+per layer in second and first order, with the size of the second-order (Hessian) terms relative
+to it. It
 writes task.png (the task's images) and inner-loop.png (the losses per inner step).
 
 Every number comes from the project's own functions: ``anil.algorithm.head_loss``,
@@ -43,7 +44,7 @@ from anil.algorithm import adapt_and_score, adapt_head, head_loss, task_loss
 from anil.data import DatasetError, load_split
 from anil.model import ConvBody, make_head
 from anil.paper.maml import layer_names, layer_params, network_params
-from anil.run.checkpoint import CheckpointError, image_shape, load_run
+from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           non_negative_int, positive_float, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
@@ -101,9 +102,10 @@ def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: 
     treated as constants), grouped by layer: conv1..conv4 (each conv + batch norm) and head.
 
     Returns {layer: {"parameters", "second", "first", "share"}} and the same for "all", with
-    second = ‖g_second‖, first = ‖g_first‖ and share = ‖g_second − g_first‖ / ‖g_second‖: how
-    much of the meta-gradient the second-order (Hessian-vector) terms carry (docs/design.md,
-    "First order"). With S = 0 both orders are the same computation and the share is 0."""
+    second = ‖g_second‖, first = ‖g_first‖ and share = ‖g_second − g_first‖ / ‖g_second‖: the
+    size of the second-order (Hessian-vector) terms g_second − g_first relative to the
+    meta-gradient (docs/design.md, "First order"). It exceeds 1 where those terms point against
+    the first-order ones. With S = 0 both orders are the same computation and the share is 0."""
     params = network_params(body, head)
     names = list(params)
 
@@ -207,13 +209,16 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
               "  second order: through the inner loop;  first order: each ∇_w L(S) taken as a "
               "constant (docs/design.md#first-order)",
               "  layer             parameters   ‖g_second‖    ‖g_first‖   "
-              "second-order share ‖g_second − g_first‖ / ‖g_second‖"]
+              "second-order part ‖g_second − g_first‖ / ‖g_second‖"]
     for layer, row in result.gradient.items():
         name = {"head": "head (W, b)", "all": "all (θ, w)"}.get(layer, f"{layer} (conv+bn)")
         lines.append(f"  {name:<16} {row['parameters']:>11,}  {row['second']:11.4e}  "
                      f"{row['first']:11.4e}   {100 * row['share']:8.3f}%")
     lines.append("  (each conv's bias gets 0 up to rounding: the batch norm after it cancels it; "
                  "docs/design.md#the-network)")
+    if any(row["share"] > 1 for row in result.gradient.values()):
+        lines.append("  (above 100%: there the second-order terms point against the first-order ones, "
+                     "and ‖g_second‖ < ‖g_second − g_first‖)")
     return lines
 
 
@@ -268,15 +273,19 @@ def open_network_and_data(args):
         head = make_head(body.feature_dim, config.ways)
         return body, head, config, (f"untrained (torch.manual_seed({UNTRAINED_SEED}): the network "
                                     f"python train.py starts from with --seed {UNTRAINED_SEED})")
-    try:
-        body, head, saved = load_run(args.run)
+    try:  # anil.load_run, in its two steps, to name the file it reads
+        file, saved = read_weights(args.run)
+        body, head = network_from(saved)
     except CheckpointError as e:
         fail(str(e))
-    config = argparse.Namespace(**{"data": None, "rotate": False, **saved})
+    config = argparse.Namespace(**{"data": None, "rotate": False, **saved["config"]})
     if args.data_root is not None:
         config.data_root = args.data_root
     config.data_root = Path(config.data_root)
-    return body, head, config, f"trained, {args.run}"
+    which = f"iteration {saved['iteration']}" if "iteration" in saved else "saved weights"
+    if "val_accuracy" in saved:
+        which += f", validation {100 * saved['val_accuracy']:.2f}%"
+    return body, head, config, f"trained, {file} ({which})"
 
 
 def main(argv=None):

@@ -215,7 +215,8 @@ def test_a_trained_run(glyph_root, tmp_path, capsys, monkeypatch):
     assert (config["inner_lr"], config["test_inner_steps"]) == (0.3, 4)
     split = load_split(glyph_root / "glyphs", "test")
     task = TaskSampler(split, 3, 2, seed=split_seed(5, "test")).task(7)
-    assert "network: trained" in stdout and 'split_seed(5, "test") = 17' in stdout
+    assert f"network: trained, {run / 'checkpoint.pt'} (iteration 3)" in stdout  # no validation: no best.pt
+    assert 'split_seed(5, "test") = 17' in stdout
     assert "N = 3 ways, K = 2 shots" in stdout and "α = 0.3, S = 4" in stdout
     for j, c in enumerate(task.classes):
         assert f"label {j} ← class '{split.class_names[c]}'" in stdout
