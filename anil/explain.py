@@ -15,8 +15,7 @@ labels"), in the paper's notation:
 It prints the task, the features, a row per inner step s = 0..S (support and query loss and
 accuracy at w^(s), and ‖w^(s) − w^(0)‖), the query loss and accuracy, and the meta-gradient's norm
 per layer in second and first order, with the size of the second-order (Hessian) terms relative
-to it. It
-writes task.png (the task's images) and inner-loop.png (the losses per inner step).
+to it. It writes task.png (the task's images) and inner-loop.png (the losses per inner step).
 
 Every number comes from the project's own functions: ``anil.algorithm.head_loss``,
 ``adapt_head`` (one step at a time), ``adapt_and_score`` and ``task_loss``. Nothing here
@@ -32,7 +31,6 @@ task N of its test split (the tasks train.py and evaluate.py test on).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +57,7 @@ UNTRAINED_SEED = 0  # torch.manual_seed of the untrained network
 EXAMPLES = """examples:
   python -m anil.explain                                  untrained network, glyphs, test task 0
   python -m anil.explain --run runs/glyphs-5w1s --task 3  a trained run: its weights, data, α, test steps
-  python -m anil.explain --steps 0                        no inner loop: the second-order share is 0"""
+  python -m anil.explain --steps 0                        no inner loop: no second-order part"""
 
 
 # ------------------------------------------------------------------------------ the quantities
@@ -97,7 +95,7 @@ def inner_loop_trace(head, params, support_features, support_labels, query_featu
 
 
 def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: int) -> dict:
-    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) of one task, by ``task_loss(...).backward``
+    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) of one task, differentiating ``task_loss``
     in second order (through the inner loop, the default) and first order (inner gradients
     treated as constants), grouped by layer: conv1..conv4 (each conv + batch norm) and head.
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
-import io
 import json
 import os
+import shutil
 import sys
 import time
 import types
@@ -579,6 +579,8 @@ def run_cells(cells):
             executed.append((kind, source, current[0].items))
     finally:
         os.chdir(cwd)
+        if "PICTURES" in namespace:  # the cells' temporary folder: its pictures are in the outputs now
+            shutil.rmtree(namespace["PICTURES"], ignore_errors=True)
         for name, module in saved_modules.items():
             if module is None:
                 sys.modules.pop(name, None)

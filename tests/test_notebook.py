@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -63,9 +64,13 @@ def test_the_code_cells_run_in_order_within_the_budget(notebook, monkeypatch):
     namespace = {"__name__": "__main__"}
     printed = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(printed):
-        for i, cell in enumerate(code_cells(notebook)):
-            exec(compile("".join(cell["source"]), f"<notebook code cell {i + 1}>", "exec"), namespace)
+    try:
+        with contextlib.redirect_stdout(printed):
+            for i, cell in enumerate(code_cells(notebook)):
+                exec(compile("".join(cell["source"]), f"<notebook code cell {i + 1}>", "exec"), namespace)
+    finally:
+        if "PICTURES" in namespace:  # the notebook's temporary folder of pictures
+            shutil.rmtree(namespace["PICTURES"], ignore_errors=True)
     seconds = time.perf_counter() - start
     assert seconds < BUDGET_S, f"the notebook took {seconds:.0f} s"
     # key results (the cells assert them too)
