@@ -178,7 +178,7 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
              f"the query set Q hold NK = {n} images each"]
     for j, (c, name) in enumerate(zip(task.classes, class_names)):
         turn = f", rotated {90 * int(rotations[j])}°" if rotations is not None else ""
-        lines.append(f"  label {j} ← class {name!r} (class {int(c)} of the split{turn})")
+        lines.append(f"  label {j} ← class {name!r} (class {int(c)} of the test split{turn})")
     s = result.shapes
     lines += [f"  X {_shape(s['X']):<18} support and query interleaved: S = X[0::2], Q = X[1::2]",
               f"  y {_shape(s['y']):<18} {' '.join(str(int(v)) for v in task.labels[:24])}"

@@ -2,6 +2,7 @@
 pictures, and its one-line errors."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from anil.run.checkpoint import load_run
 from anil.sampler import TaskSampler, split_seed, support_query
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
+NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]\d+)?")
 
 
 def tiny_task(seed=0, ways=3, shots=2, dtype=torch.float64):
@@ -272,3 +275,19 @@ def test_errors_are_one_line(glyph_root, tmp_path, capsys):
     assert line.startswith(f"error: no prepared cifar-fs dataset at {tmp_path / 'empty' / 'cifar-fs'}")
     assert "python -m data_prep.cifar_fs" in line
     assert not (tmp_path / "explain-model").exists()  # nothing written on an error
+
+
+def test_the_sample_output_in_docs_tutorial_is_what_it_prints(glyph_root, tmp_path, capsys, monkeypatch):
+    """docs/tutorial.md shows the output of  python -m anil.explain ; the same text, and the same
+    numbers to their printed precision (or 1e-3 relative, for another CPU's float32 rounding)."""
+    sample = TUTORIAL.read_text().split("<!-- explain-sample")[1].split("```\n", 1)[1].split("\n```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # so that the default --out prints as runs/explain
+    code, stdout, stderr = run_explain(capsys, "--data-root", glyph_root, "--device", "cpu")
+    assert code == 0, stderr
+    printed = stdout.replace(str(glyph_root / "glyphs"), "data/glyphs").rstrip("\n").splitlines()
+    documented = sample.splitlines()
+    assert len(printed) == len(documented)
+    for mine, doc in zip(printed, documented):
+        assert NUMBER.split(mine) == NUMBER.split(doc), (mine, doc)
+        for a, b in zip(NUMBER.findall(mine), NUMBER.findall(doc)):
+            assert float(a) == pytest.approx(float(b), rel=1e-3, abs=2e-4), (mine, doc)
