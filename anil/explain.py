@@ -283,6 +283,9 @@ def open_network_and_data(args):
     which = f"iteration {saved['iteration']}" if "iteration" in saved else "saved weights"
     if "val_accuracy" in saved:
         which += f", validation {100 * saved['val_accuracy']:.2f}%"
+    trained_as = getattr(config, "algorithm", "anil")  # anil.paper.compare also saves MAML models
+    if trained_as != "anil":
+        which += f"; trained with {trained_as.upper()}, adapted here as ANIL adapts: the head only"
     return body, head, config, f"trained, {file} ({which})"
 
 

@@ -291,3 +291,17 @@ def test_the_sample_output_in_docs_tutorial_is_what_it_prints(glyph_root, tmp_pa
         assert NUMBER.split(mine) == NUMBER.split(doc), (mine, doc)
         for a, b in zip(NUMBER.findall(mine), NUMBER.findall(doc)):
             assert float(a) == pytest.approx(float(b), rel=1e-3, abs=2e-4), (mine, doc)
+
+
+def test_a_maml_model_is_said_to_be_adapted_as_anil(glyph_root, tmp_path, capsys):
+    """anil.paper.compare saves MAML models too; the walk-through adapts their head only, and says so."""
+    body, head = ConvBody(1, 28, hidden=4), make_head(4, 5)
+    config = {"dataset": "glyphs", "data": None, "data_root": str(glyph_root), "channels": 1,
+              "image_size": 28, "hidden": 4, "ways": 5, "shots": 1, "seed": 0, "inner_lr": 0.5,
+              "test_inner_steps": 2, "rotate": False, "algorithm": "maml"}
+    checkpoint.save({"kind": "weights", "body": body.state_dict(), "head": head.state_dict(),
+                     "config": config}, tmp_path / "maml.pt")
+    code, stdout, stderr = run_explain(capsys, "--run", tmp_path / "maml.pt", "--device", "cpu")
+    assert code == 0, stderr
+    assert "trained with MAML, adapted here as ANIL adapts: the head only" in stdout
+    assert (tmp_path / "explain-maml" / "inner-loop.png").is_file()
