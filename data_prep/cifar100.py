@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anil.data import temporary_folder, write_prepared
+from anil.data import lock_dataset, temporary_folder, write_prepared
 
 from .common import (ExtractLimit, PrepError, add_extract_limit_arg, download, limit_from_args,
                      safe_extract, safe_load_pickle, verify_md5)
@@ -158,6 +158,18 @@ def write_and_report(root: Path, name: str, splits: dict, counts: dict, meta: di
     path = write_prepared(root, name, splits, meta)
     print(f"wrote {path}: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + " images of 32x32x3")
     return path
+
+
+def locked(name: str, build):
+    """``prepare(root, source=None, fetch=False, limit=EXTRACT_LIMIT)`` writing ``<root>/<name>``
+    with ``build``, holding the dataset's lock throughout (a second preparation of the same
+    dataset at the same time is refused in one line)."""
+    def prepare(root: Path, source: Path | None = None, fetch: bool = False,
+                limit: ExtractLimit = EXTRACT_LIMIT) -> Path:
+        with lock_dataset(root, name):
+            return build(root, source, fetch, limit)
+    prepare.__doc__ = f"Write ``<root>/{name}`` from CIFAR-100 (see ``load``), holding its lock."
+    return prepare
 
 
 def command(prepare, description: str):

@@ -14,10 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from anil.data import lock_dataset
-
 from . import cifar100
-from .common import ExtractLimit, check_disjoint, read_list, run_cli
+from .common import check_disjoint, read_list, run_cli
 
 NAME = "cifar-fs"
 SPLIT_FILES = {s: f"cifar_fs_{s}.txt" for s in ("train", "val", "test")}
@@ -27,14 +25,6 @@ def split_classes() -> dict[str, list[str]]:
     classes = {s: read_list(f) for s, f in SPLIT_FILES.items()}
     check_disjoint(classes, "data_prep/splits/cifar_fs_*.txt")
     return classes
-
-
-def prepare(root: Path, source: Path | None = None, fetch: bool = False,
-            limit: ExtractLimit = cifar100.EXTRACT_LIMIT) -> Path:
-    """Write ``<root>/cifar-fs`` from CIFAR-100 (see ``cifar100.load``), holding the dataset's lock
-    throughout (a second preparation at the same time is refused)."""
-    with lock_dataset(root, NAME):
-        return _prepare(root, source, fetch, limit)
 
 
 def _prepare(root, source, fetch, limit) -> Path:
@@ -50,6 +40,7 @@ def _prepare(root, source, fetch, limit) -> Path:
     return cifar100.write_and_report(root, NAME, splits, counts, meta)
 
 
+prepare = cifar100.locked(NAME, _prepare)
 main = cifar100.command(prepare, __doc__.split("\n\n")[0])
 
 

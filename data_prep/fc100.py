@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anil.data import lock_dataset
 
 from . import cifar100
-from .common import ExtractLimit, PrepError, check_disjoint, read_list, run_cli
+from .common import PrepError, check_disjoint, read_list, run_cli
 
 NAME = "fc100"
 SPLIT_FILES = {s: f"fc100_{s}.txt" for s in ("train", "val", "test")}
@@ -41,14 +40,6 @@ def split_superclasses() -> dict[str, list[tuple[int, str, list[str]]]]:
     check_disjoint({s: sum((r[2] for r in rows), []) for s, rows in out.items()},
                    "data_prep/splits/fc100_*.txt")
     return out
-
-
-def prepare(root: Path, source: Path | None = None, fetch: bool = False,
-            limit: ExtractLimit = cifar100.EXTRACT_LIMIT) -> Path:
-    """Write ``<root>/fc100`` from CIFAR-100 (see ``cifar100.load``), holding the dataset's lock
-    throughout (a second preparation at the same time is refused)."""
-    with lock_dataset(root, NAME):
-        return _prepare(root, source, fetch, limit)
 
 
 def _prepare(root, source, fetch, limit) -> Path:
@@ -79,6 +70,7 @@ def _prepare(root, source, fetch, limit) -> Path:
     return cifar100.write_and_report(root, NAME, splits, counts, meta)
 
 
+prepare = cifar100.locked(NAME, _prepare)
 main = cifar100.command(prepare, __doc__.split("\n\n")[0])
 
 
