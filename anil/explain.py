@@ -44,7 +44,7 @@ from anil.model import ConvBody, make_head
 from anil.paper.maml import layer_names, layer_params, network_params
 from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          non_negative_int, positive_float, resolve_device, set_threads)
+                          non_negative_int, positive_float, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import line_chart, task_grid
 from anil.run.presets import preset
@@ -238,8 +238,9 @@ def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m anil.explain", formatter_class=HelpFormatter,
-                                description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    p = argparse.ArgumentParser(
+        prog=program("python -m anil.explain"), formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     p.add_argument("--run", type=Path, default=None, metavar="PATH",
                    help="a run folder written by train.py, or one of its .pt files (default: an "
                         "untrained network on the built-in glyphs)")

@@ -30,7 +30,7 @@ from anil.paper import maml
 from anil.paper.cka import linear_cka
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          positive_int, resolve_device, set_threads)
+                          positive_int, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
@@ -95,8 +95,9 @@ def similarity_by_layer(body, head, sampler, num_tasks, step_size, steps, adapte
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m anil.paper.analysis", formatter_class=HelpFormatter,
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=program("python -m anil.paper.analysis"), formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="a model written by anil.paper.compare (anil.pt, maml.pt) or train.py "
                         "(a run folder, or its best.pt / model.pt)")

@@ -25,7 +25,7 @@ from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.paper import maml, nil
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
-                          dataset_name, dataset_path, fail, positive_int, resolve_device,
+                          dataset_name, dataset_path, fail, positive_int, program, resolve_device,
                           set_threads)
 from anil.run.folder import RunFolder, RunFolderError, fresh_name
 from anil.run.plot import bar_chart
@@ -43,8 +43,9 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m anil.paper.compare", formatter_class=HelpFormatter,
-                                description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    p = argparse.ArgumentParser(
+        prog=program("python -m anil.paper.compare"), formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     add_task_options(p, iterations_type=positive_int)  # both methods get the same settings
     add_device_options(p, speed=False)
     out = p.add_argument_group("test and outputs")

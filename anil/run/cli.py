@@ -66,6 +66,13 @@ def seed(text):
 # ------------------------------------------------------------------------------- help output
 
 
+def program(name: str) -> str:
+    """The name --help shows: the console script's (anil-train, ...) when run as one, else
+    ``name`` (e.g. "train.py", "python -m anil.explain")."""
+    invoked = Path(sys.argv[0]).name
+    return invoked if invoked.startswith("anil-") else name
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's and epilog's line breaks, and shows "(default: X)" only for
     options that have a real default and do not already say it (preset options say theirs)."""

@@ -17,7 +17,7 @@ from anil.run import checkpoint
 from anil.run.checkpoint import CheckpointError
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
                           dataset_name, fail, non_negative_int, positive_float, positive_int,
-                          resolve_device)
+                          program, resolve_device)
 from anil.run.folder import fresh_name
 
 # Options that do not change what a run computes (its weights, validation and model selection):
@@ -42,7 +42,7 @@ a second Ctrl-C stops at once, keeping the previous checkpoint."""
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", formatter_class=HelpFormatter, epilog=EXAMPLES,
+        prog=program("train.py"), formatter_class=HelpFormatter, epilog=EXAMPLES,
         description="Meta-train ANIL on a few-shot dataset, validate along the way, and "
                     "meta-test at the end.")
     task = add_task_options(p)

@@ -23,8 +23,8 @@ from anil.fast import default_speed, feature_extractor
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          non_negative_int, positive_float, positive_int, resolve_device, seed,
-                          set_threads)
+                          non_negative_int, positive_float, positive_int, program, resolve_device,
+                          seed, set_threads)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from data_prep.episodes import preprocess_of, read_episodes
@@ -38,8 +38,9 @@ EXAMPLES = """examples:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="evaluate.py", formatter_class=HelpFormatter,
-                                description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    p = argparse.ArgumentParser(
+        prog=program("evaluate.py"), formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     p.add_argument("run", type=Path, help="run folder written by train.py, or one of its .pt files")
     p.add_argument("--weights", choices=sorted(WEIGHT_FILES), default="best",
                    help="in a run folder: best.pt (best validation) or checkpoint.pt (latest)")
