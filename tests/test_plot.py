@@ -194,7 +194,7 @@ def test_chance_is_a_fraction():
 
 def test_the_bitmap_fallback_font_draws_every_chart(tmp_path, monkeypatch):
     """Pillow < 10.1 has only the Latin-1 bitmap font: text is placed and drawn without it."""
-    monkeypatch.setattr(plot, "_font", lambda size=13: ImageFont.load_default_imagefont())
+    monkeypatch.setattr(plot.canvas, "_font", lambda size=13: ImageFont.load_default_imagefont())
     learning_curve_figure(realistic_rows(), best_iteration=400, chance=0.2)
     bar_figure(["NIL (a very long name indeed…)", "b"], {"x": [50, 60]}, errors={"x": [1, 2]},
                ylim=(0, 100), chance=20, value_format="{value:.1f} ± {error:.1f}%")
