@@ -159,7 +159,7 @@ def build_variants(cfg, device, quick, compile_body, head_loops_only=False):
     generator = torch.Generator().manual_seed(0)
     images, labels = random_tasks(cfg, cfg["meta_batch"], device, generator)
     eval_images, eval_labels = random_tasks(cfg, EVAL_TASKS_PER_CALL, device, generator)
-    alpha, steps, eval_tasks = cfg["alpha"], cfg["steps"], cfg["eval_tasks"]
+    alpha, steps = cfg["alpha"], cfg["steps"]
 
     def fresh(channels_last=False):
         body, head = copy.deepcopy(base_body), copy.deepcopy(base_head)
@@ -191,12 +191,7 @@ def build_variants(cfg, device, quick, compile_body, head_loops_only=False):
     chunk = min(4, cfg["meta_batch"])
     cuda = device.type == "cuda"
     if head_loops_only:
-        default = default_speed(device)
-        ours = [replace(s, head_loop=loop) for s in (default, replace(default, strategy="task"))
-                for loop in ("torch.func", "closed-form")]
-        if compile_body:
-            ours.append(replace(default, compile_head=True))
-        for speed in ours:
+        for speed in head_loop_speeds(device, compile_body):
             variants[label(speed)] = ("train", add_ours(speed))
         return variants
     ours = [Speed("task", channels_last=True), Speed("chunk", chunk, channels_last=True),
@@ -215,6 +210,23 @@ def build_variants(cfg, device, quick, compile_body, head_loops_only=False):
         for speed in (Speed("chunk", chunk, channels_last=True),
                       Speed("vmap", batch_body=True, channels_last=True)):
             variants[label(speed) + " compiled"] = ("train", add_ours(speed, compiled=True))
+
+    add_supervised_and_eval(variants, cfg, fresh, images, labels, eval_images, eval_labels, cuda)
+    return variants
+
+
+def head_loop_speeds(device, compiled: bool):
+    """--head-loops: the default speed and the task-by-task strategy, each with both head loops
+    (and, with --compile, the default with its head loop compiled)."""
+    default = default_speed(device)
+    speeds = [replace(s, head_loop=loop) for s in (default, replace(default, strategy="task"))
+              for loop in ("torch.func", "closed-form")]
+    return speeds + ([replace(default, compile_head=True)] if compiled else [])
+
+
+def add_supervised_and_eval(variants, cfg, fresh, images, labels, eval_images, eval_labels, cuda):
+    """The supervised lower bound and the 600-task evaluations, added to ``variants``."""
+    alpha, steps, eval_tasks = cfg["alpha"], cfg["steps"], cfg["eval_tasks"]
 
     def add_supervised(per_task, channels_last):
         def setup():
@@ -254,7 +266,6 @@ def build_variants(cfg, device, quick, compile_body, head_loops_only=False):
         name = (f"eval {eval_tasks} tasks ours{' batched' if speed.batch_body else ''} "
                 f"{speed.precision} CL {'func' if speed.head_loop == 'torch.func' else 'closed'}")
         variants[name] = ("eval", add_ours_eval(speed))
-    return variants
 
 
 def run_config(cfg, device, repeats, eval_repeats, compile_body, quick, head_loops_only=False):
