@@ -119,3 +119,11 @@ def test_version_is_written_once_and_exported():
     for name in ("ConvBody", "make_head", "TaskSampler", "load_split", "adapt_head", "meta_loss",
                  "meta_train_step", "evaluate", "load_run"):
         assert callable(getattr(anil, name)), name
+
+
+def test_torchrun_on_mps_is_refused_in_one_line(monkeypatch):
+    from anil.run import distributed
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(distributed.DistributedError, match="torchrun with --device mps is not supported"):
+        distributed.setup("mps")

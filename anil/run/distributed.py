@@ -92,6 +92,9 @@ def setup(device: str = "cpu", timeout: float = 300.0) -> Context:
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
         return Context(device=torch.device(device))
     rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    if device == "mps":
+        raise DistributedError("torchrun with --device mps is not supported (no process-group "
+                               "backend for Apple GPUs); use --device cpu or cuda, or one process")
     if not 0 <= rank < world_size:
         raise DistributedError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world_size - 1}; launch with torchrun")
     if device == "cuda":
