@@ -291,3 +291,13 @@ def test_run_folder_writes_clear_an_overwritten_run_only_on_its_first_write(tmp_
         folder.close()
     with pytest.raises(RunFolderError, match="holds files of an earlier run"):
         RunFolder(tmp_path).open(resuming=False)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    for name in (".checkpoint.pt.tmp-4242", ".curve.png.tmp-17.png", ".summary.json.tmp-9"):
+        (tmp_path / name).write_bytes(b"half-written")
+    (tmp_path / "notes.tmp-1").write_text("mine")  # not one of ours: the pattern needs a dot first
+    (tmp_path / ".hidden").write_text("mine")
+    with RunFolder(tmp_path).open(resuming=False):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp-1"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from anil.run import checkpoint
@@ -25,6 +26,7 @@ from anil.run.lock import FolderLock, LockError
 from anil.run.metrics import MetricsLog, plot_learning_curve, strict_json
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json")
+ORPHAN = re.compile(r"\.[^/]+\.tmp-[0-9]+(\.png)?")  # the temporary names of the atomic writes
 
 
 class RunFolderError(RuntimeError):
@@ -96,6 +98,7 @@ class RunFolder:
         except OSError as e:
             raise RunFolderError(f"cannot write to {self.path} ({e.strerror or e}); give a "
                                  f"writable folder with --out") from None
+        self._remove_orphans()
         if not resuming and holds_run(self.path, self.names):
             if not overwrite:
                 what = describe(self.path, self.names)
@@ -109,6 +112,13 @@ class RunFolder:
 
     def close(self) -> None:
         self._lock.release()
+
+    def _remove_orphans(self) -> None:
+        """Temporary files a killed writer left (``.<file>.tmp-<pid>``, see ``_write``): with the
+        lock held, no other process is writing here, so each is an orphan."""
+        for file in self.path.iterdir():
+            if ORPHAN.fullmatch(file.name) and file.is_file():
+                file.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
