@@ -63,12 +63,12 @@ CHECKPOINT = "tests/test_checkpoint.py -k 'not fingerprint'"
 F = "anil/sampler.py"
 
 mutant("sampler/support-is-query", F,
-       "return self.images[0::2], self.labels[0::2]",
-       "return self.images[1::2], self.labels[0::2]",
+       "return support_query(self.images)[0], support_query(self.labels)[0]",
+       "return support_query(self.images)[1], support_query(self.labels)[0]",
        "the support set returns the query images (odd positions)", SAMPLER)
 mutant("sampler/query-labels-even", F,
-       "return self.images[1::2], self.labels[1::2]",
-       "return self.images[1::2], self.labels[0::2]",
+       "return support_query(self.images)[1], support_query(self.labels)[1]",
+       "return support_query(self.images)[1], support_query(self.labels)[0]",
        "query labels taken from the even positions", SAMPLER,
        equivalent="every class block holds one label and has even length 2K, so labels[0::2] "
                   "equals labels[1::2] element for element")
@@ -170,8 +170,8 @@ mutant("data/offsets-right", F,
        "np.searchsorted(labels, np.arange(num_classes + 1), side=\"right\")",
        "class offsets off by one class (searchsorted side='right')", DATA)
 mutant("data/images-not-regrouped", F,
-       "                images = images[order]\n",
-       "                pass\n",
+       "            images = images[order]\n",
+       "            pass\n",
        "labels sorted into class blocks but images left in their original order", DATA)
 mutant("data/no-memory-map", F,
        'mmap_mode="r" if mmap else None',
@@ -194,8 +194,8 @@ mutant("nil/unnormalised-support", F,
        "support_features.T",
        "dot product with unnormalised support features instead of cosine", NIL)
 mutant("nil/queries-are-support", F,
-       "labels[0::2], features[1::2], ways)",
-       "labels[0::2], features[0::2], ways)",
+       "nil_probabilities(support_features, support_labels, query_features, ways)",
+       "nil_probabilities(support_features, support_labels, support_features, ways)",
        "the support images are classified instead of the queries", NIL)
 
 # -------------------------------------------------------------------------- anil/paper/cka.py
@@ -226,12 +226,12 @@ mutant("maml/ascent", F,
        "fast = {k: fast[k] + step_size * grads[k] for k in fast}",
        "inner loop steps up the gradient", MAML)
 mutant("maml/support-odd", F,
-       "support = slice(0, None, 2)",
-       "support = slice(1, None, 2)",
+       "support_logits, _ = support_query(network_forward(",
+       "_, support_logits = support_query(network_forward(",
        "inner loop adapts on the query positions", MAML)
 mutant("maml/query-even", F,
-       "images)[1::2]\n    query_labels = labels[1::2]",
-       "images)[0::2]\n    query_labels = labels[1::2]",
+       "_, logits = support_query(network_forward(body, head, params, images))",
+       "logits, _ = support_query(network_forward(body, head, params, images))",
        "outer loss scored on the support positions", MAML)
 mutant("maml/meta-loss-sum", F,
        "return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -241,12 +241,12 @@ mutant("maml/layer-index", F,
        'f"body.blocks.{int(layer[4:]) - 1}."',
        'f"body.blocks.{int(layer[4:])}."',
        "conv<i> names block i instead of block i-1", MAML)
-mutant("maml/eval-not-detached", F,
-       "params = {k: v.detach() for k, v in network_params(body, head).items()}",
-       "params = network_params(body, head)",
-       "test-time adaptation starts from the live parameters (no .detach())", MAML,
-       equivalent="it runs under torch.no_grad and returns a float: the values are the same and no "
-                  "graph reaches the caller")
+mutant("maml/eval-keeps-graph", F,
+       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "test-time adaptation builds the outer graph (no torch.no_grad)", MAML,
+       equivalent="the same arithmetic with or without a graph, and only a float (.item()) leaves "
+                  "the function: no graph reaches the caller (it costs memory, changes no value)")
 
 # ---------------------------------------------------------------- anil/evaluation.py: mean_ci95
 F = "anil/evaluation.py"
@@ -279,13 +279,13 @@ mutant("ci95/one-value", F,
 F = "data_prep/common.py"
 
 mutant("common/duplicate-in-split", F,
-       '        if len(set(names)) != len(names):\n'
-       '            raise PrepError(f"{source}: the {split} split lists a class twice")\n',
+       '        if twice:\n'
+       '            raise PrepError(f"{source}: the {split} split lists the class {twice[0]!r} twice")\n',
        "",
        "a class listed twice in one split is accepted", GUARDS)
 mutant("common/splits-checked-separately", F,
-       "    for split, names in splits.items():\n        if len",
-       "    for split, names in splits.items():\n        seen = {}\n        if len",
+       "    for split, names in splits.items():\n        twice",
+       "    for split, names in splits.items():\n        seen = {}\n        twice",
        "the class-to-split record is reset per split: a class in two splits passes", GUARDS)
 mutant("common/drive-letter", F,
        ' or (path.parts and ":" in path.parts[0])',
@@ -308,8 +308,8 @@ mutant("common/absolute", F,
        "if ",
        "absolute member names accepted", GUARDS)
 mutant("common/tar-resolve", F,
-       '                if not (root / m.name).resolve().is_relative_to(root):\n'
-       '                    _check_member(archive, "../" + m.name)\n',
+       '        if not (root / m.name).resolve().is_relative_to(root):\n'
+       '            _check_member(archive, "../" + m.name)\n',
        "",
        "tar members not checked to resolve inside dest (a link already there)", GUARDS)
 mutant("common/hard-links", F,
@@ -325,13 +325,14 @@ mutant("common/download-trusts-existing", F,
        "if dest.is_file():",
        "an existing download is reused without checking its md5", GUARDS)
 mutant("common/unpickler-falls-back", F,
-       'raise pickle.UnpicklingError(f"it refers to {module}.{name}")',
+       'raise _NotPlain(f"it refers to {module}.{name}")',
        "return super().find_class(module, name)",
        "the safe unpickler falls back to the default lookup: any global allowed", GUARDS)
 mutant("common/unpickler-allows-numpy", F,
-       "        if (module, name) in SAFE_GLOBALS:\n            return SAFE_GLOBALS[(module, name)]",
-       '        if (module, name) in SAFE_GLOBALS or module.startswith("numpy"):\n'
-       "            return super().find_class(module, name)",
+       "        if (module, name) not in SAFE_GLOBALS:\n",
+       '        if module.startswith("numpy") and (module, name) not in SAFE_GLOBALS:\n'
+       "            return super().find_class(module, name)\n"
+       "        if (module, name) not in SAFE_GLOBALS:\n",
        "any numpy global allowed (numpy.load, numpy.testing's runstring)", GUARDS)
 
 # ----------------------------------------------------------------------- data_prep/cifar100.py
@@ -366,12 +367,12 @@ mutant("cifar100/extracted-md5-unchecked", F,
 F = "data_prep/omniglot.py"
 
 mutant("omniglot/not-inverted", F,
-       "return 255 - np.asarray(image, dtype=np.uint8)",
-       "return np.asarray(image, dtype=np.uint8)",
+       "PREPROCESS = Preprocess(SIZE, channels=1, invert=True)",
+       "PREPROCESS = Preprocess(SIZE, channels=1, invert=False)",
        "strokes left dark on white", OMNIGLOT)
-mutant("omniglot/bilinear", F,
-       ".resize((SIZE, SIZE), Image.LANCZOS)",
-       ".resize((SIZE, SIZE), Image.BILINEAR)",
+mutant("omniglot/bilinear", "data_prep/images.py",  # the conversion Omniglot's PREPROCESS names
+       'RESAMPLE = {"lanczos": Image.Resampling.LANCZOS}',
+       'RESAMPLE = {"lanczos": Image.Resampling.BILINEAR}',
        "bilinear instead of LANCZOS resize", OMNIGLOT)
 mutant("omniglot/unsorted-shuffle", F,
        "order = sorted(names)",
@@ -388,8 +389,8 @@ mutant("omniglot/rotation-direction", F,
        "np.rot90(images, k, axes=(3, 2))",
        "the class named rot90 is rotated by 270 degrees", OMNIGLOT)
 mutant("omniglot/md5-unchecked", F,
-       '        verify_md5(path, MD5[archive], f"delete it and {HOW_TO_GET}")\n',
-       "",
+       "    if actual == MD5[name]:\n        return\n",
+       "    if True:\n        return\n",
        "the zips' md5 is not checked", OMNIGLOT)
 
 # --------------------------------------------------------------------- anil/run/checkpoint.py
