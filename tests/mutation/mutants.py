@@ -445,10 +445,11 @@ mutant("common/copied-bytes-uncounted", F,
 # ============================================================================================
 MATH = "tests/test_math.py"
 FAST_GRAD = ("tests/test_fast.py -k 'reference_meta_gradient or head_loop or batch_norm_statistics "
-             "or after_adam'")
-FAST_EVAL = "tests/test_fast.py -k 'task_accuracies or evaluation_takes_every_task'"
-DIST_UNIT = "tests/test_distributed.py -k 'divide or gathered or launch or launcher'"
-DIST = "tests/test_distributed.py -k 'train_like_one or sharded or divide or gathered'"
+             "or after_adam or accumulates or float32_precision'")
+FAST_EVAL = "tests/test_fast.py -k 'task_accuracies or accuracies_of or episode'"
+DIST_UNIT = "tests/test_distributed.py -k 'without_a_group or stand_in or divide'"  # no processes
+DIST = "tests/test_distributed.py -k 'train_like_one or sharded'"  # 2 spawned processes
+LOOP = "tests/test_train_loop.py"  # TrainState, RunFolder, end_of_iteration, in milliseconds
 
 # ---------------------------------------------------------------------------- anil/algorithm.py
 F = "anil/algorithm.py"
@@ -531,11 +532,11 @@ mutant("algorithm/zero-grad-after-backward", F,
 mutant("algorithm/average-skipped", F,
        "        average([*(p.grad for p in params), stats])\n",
        "        pass\n",
-       "data-parallel gradients not averaged across processes", DIST)
+       "data-parallel gradients not averaged across processes", DIST_UNIT)
 mutant("algorithm/stats-not-averaged", F,
        "        average([*(p.grad for p in params), stats])\n",
        "        average([p.grad for p in params])\n",
-       "the reported loss and accuracy are rank 0's share only, not the meta-batch's", DIST)
+       "the reported loss and accuracy are rank 0's share only, not the meta-batch's", DIST_UNIT)
 
 # ------------------------------------------------------------------ anil/sampler.py: support_query
 F = "anil/sampler.py"
@@ -605,6 +606,10 @@ mutant("fast/closed-form-bias-mean", F,
        "residual.sum(1, keepdim=True)",
        "residual.mean(1, keepdim=True)",
        "closed form: ∇b divided by n twice", FAST_GRAD)
+mutant("fast/closed-form-bias-sum-dim", F,
+       "residual.sum(1, keepdim=True)",
+       "residual.sum(2, keepdim=True)",
+       "closed form: ∇b summed over the classes instead of the samples (always ~0)", FAST_GRAD)
 mutant("fast/closed-form-not-detached", F,
        "grad_w, grad_b = grad_w.detach(), grad_b.detach()",
        "grad_w, grad_b = grad_w, grad_b",
@@ -652,15 +657,15 @@ mutant("fast/train-step-no-average", F,
        "    return outer_step(optimizer, loss, accuracy, average)",
        "    return outer_step(optimizer, loss, accuracy)",
        "the fast step ignores the data-parallel all-reduce",
-       "tests/test_distributed.py -k torchrun_two_processes")
+       DIST_UNIT)
 mutant("fast/default-gpu-per-task-body", F,
        'return Speed(strategy="vmap", batch_body=True, channels_last=True, head_loop=head_loop)',
        'return Speed(strategy="vmap", batch_body=False, channels_last=True, head_loop=head_loop)',
-       "the GPU default runs the body task by task", "tests/test_fast.py")
+       "the GPU default runs the body task by task", "tests/test_fast.py -k default_speeds")
 mutant("fast/default-ignores-head-loop", F,
        'return Speed(strategy="chunk", chunk_size=8, channels_last=True, head_loop=head_loop)',
        'return Speed(strategy="chunk", chunk_size=8, channels_last=True)',
-       "the CPU default speed drops the requested head loop", "tests/test_fast.py tests/test_fast_cli.py")
+       "the CPU default speed drops the requested head loop", "tests/test_fast.py -k default_speeds")
 
 # ---------------------------------------------------------------------------- anil/evaluation.py
 F = "anil/evaluation.py"
@@ -696,11 +701,11 @@ mutant("evaluation/progress-lags", F,
 mutant("evaluation/episode-order", F,
        "features = body(torch.cat([support_images, query_images]))",
        "features = body(torch.cat([query_images, support_images]))",
-       "episode_accuracy takes query features for support ones", "tests/test_own_data.py")
+       "episode_accuracy takes query features for support ones", FAST_EVAL)
 mutant("evaluation/episode-bn-per-half", F,
        "features = body(torch.cat([support_images, query_images]))",
        "features = torch.cat([body(support_images), body(query_images)])",
-       "episode_accuracy: batch norm over support and query separately", "tests/test_own_data.py")
+       "episode_accuracy: batch norm over support and query separately", FAST_EVAL)
 
 # ---------------------------------------------------------------------- anil/run/distributed.py
 F = "anil/run/distributed.py"
@@ -708,21 +713,21 @@ F = "anil/run/distributed.py"
 mutant("distributed/share-start", F,
        "return slice(ctx.rank * b, (ctx.rank + 1) * b)",
        "return slice(ctx.rank, (ctx.rank + 1) * b)",
-       "a process's share starts at r instead of r·b (shares overlap)", DIST)
+       "a process's share starts at r instead of r·b (shares overlap)", DIST_UNIT)
 mutant("distributed/gather-row-major", F,
        "in_order = torch.stack(gathered).T.reshape(-1)[:num_tasks]",
        "in_order = torch.stack(gathered).reshape(-1)[:num_tasks]",
-       "gathered accuracies read rank by rank instead of back in task order", DIST)
+       "gathered accuracies read rank by rank instead of back in task order", DIST_UNIT)
 mutant("distributed/average-not-divided", F,
        "    flat /= ctx.world_size\n",
        "",
-       "the all-reduce sums the gradients without dividing by P", DIST)
+       "the all-reduce sums the gradients without dividing by P", DIST_UNIT)
 mutant("distributed/own-ids-only", F,
        "    task_ids = [sampler.next_task_id() for _ in range(meta_batch)]\n"
        "    tasks = [sampler.task(i) for i in task_ids[mine]]",
        "    task_ids = [sampler.next_task_id() for _ in range(mine.stop - mine.start)]\n"
        "    tasks = [sampler.task(i) for i in task_ids]",
-       "each process draws only its own B/P task ids: every rank trains on the same tasks", DIST)
+       "each process draws only its own B/P task ids: every rank trains on the same tasks", DIST_UNIT)
 mutant("distributed/evaluation-ids", F,
        "range(ctx.rank, num_tasks, ctx.world_size)",
        "range(ctx.rank, num_tasks)",
@@ -730,40 +735,38 @@ mutant("distributed/evaluation-ids", F,
 
 # ----------------------------------------------------------------------------- anil/run/state.py
 F = "anil/run/state.py"
-RESUME = "tests/test_resume.py"
-SAFETY = "tests/test_run_safety.py"
 
 mutant("state/best-on-ties", F,
        'accuracy <= self.best["val_accuracy"]',
        'accuracy < self.best["val_accuracy"]',
-       "a later validation that only ties the best replaces it", RESUME + " -k model_selection")
+       "a later validation that only ties the best replaces it", LOOP)
 mutant("state/window-loss-not-averaged", F,
        '{"loss": w["loss"] / w["count"],',
        '{"loss": w["loss"],',
        "the logged training loss is the sum over the window, not its mean",
-       RESUME + " -k 'metrics_log or bit_for_bit'")
+       LOOP)
 mutant("state/window-not-reset", F,
        "w, self.window = self.window, _empty_window()",
        "w = self.window",
-       "the training window is never reset: each row averages from the start", RESUME)
+       "the training window is never reset: each row averages from the start", LOOP)
 mutant("state/inf-loss-passes", F,
        "if not math.isfinite(loss):",
        "if math.isnan(loss):",
-       "an infinite loss is recorded instead of stopping the run", SAFETY + " -k diverg")
+       "an infinite loss is recorded instead of stopping the run", LOOP)
 mutant("state/pending-never-saved", F,
        '"pending": self.logged < self.iteration,',
        '"pending": False,',
        "a checkpoint written during a validation says it is complete: the validation is skipped "
-       "on resume", RESUME + " -k stop_during_validation")
+       "on resume", LOOP)
 mutant("state/pending-not-restored", F,
        'logged=saved["iteration"] - int(saved["pending"]),',
        'logged=saved["iteration"],',
        "a resumed run forgets that its last validation was interrupted",
-       RESUME + " -k stop_during_validation")
+       LOOP)
 mutant("state/seconds-restart", F,
        'seconds_before=saved["seconds"])',
        "seconds_before=0.0)",
-       "a resumed run's clock restarts at zero", RESUME + " -k metrics_log")
+       "a resumed run's clock restarts at zero", LOOP)
 
 # ---------------------------------------------------------------------------- anil/run/folder.py
 F = "anil/run/folder.py"
@@ -771,28 +774,28 @@ F = "anil/run/folder.py"
 mutant("folder/overwrite-without-asking", F,
        "            if not overwrite:\n",
        "            if False:\n",
-       "a new run replaces another run's files without --overwrite", SAFETY + " -k run_folder")
+       "a new run replaces another run's files without --overwrite", LOOP)
 mutant("folder/cleared-at-open", F,
        "            self._replace_old = True\n",
        "            for file in self.files.values():\n                file.unlink(missing_ok=True)\n",
        "--overwrite deletes the old run at once: a start stopped early loses it",
-       SAFETY + " -k run_folder")
+       LOOP)
 mutant("folder/cleared-on-every-write", F,
        "                self._replace_old = False\n",
        "",
-       "--overwrite clears the folder again at every write", SAFETY + " -k run_folder")
+       "--overwrite clears the folder again at every write", LOOP)
 mutant("folder/fresh-name-numbering", F,
        "path, n = Path(path), 2",
        "path, n = Path(path), 1",
-       "the second default folder is <name>-1", RESUME + " -k fresh_folder")
+       "the second default folder is <name>-1", LOOP)
 mutant("folder/fresh-name-over-a-file", F,
        "while holds_run(candidate, names) or (candidate.exists() and not candidate.is_dir()):",
        "while holds_run(candidate, names):",
-       "the default folder name may be an existing file", RESUME + " -k fresh_folder")
+       "the default folder name may be an existing file", LOOP)
 mutant("folder/summary-not-strict", F,
        "tmp.write_text(json.dumps(strict_json(obj), indent=1, allow_nan=False))",
        "tmp.write_text(json.dumps(obj, indent=1))",
-       "summary.json written with NaN (not strict JSON)", SAFETY + " -k strict_json")
+       "summary.json written with NaN (not strict JSON)", LOOP)
 
 # --------------------------------------------------------------------------- anil/run/metrics.py
 F = "anil/run/metrics.py"
@@ -808,7 +811,7 @@ mutant("metrics/truncate-keeps-later-rows", F,
 mutant("metrics/truncate-drops-the-checkpoint-row", F,
        'if r["iteration"] <= iteration]',
        'if r["iteration"] < iteration]',
-       "a resumed run drops the row of its checkpoint's own iteration", CHECKPOINT)
+       "a resumed run drops the row of its checkpoint's own iteration", LOOP + " -k truncat")
 
 # ---------------------------------------------------------------------------------- anil/train.py
 F = "anil/train.py"
@@ -816,21 +819,21 @@ F = "anil/train.py"
 mutant("train/last-iteration-not-validated", F,
        "if args.val_every and (it % args.val_every == 0 or last):",
        "if args.val_every and it % args.val_every == 0:",
-       "the last iteration is validated only when it is a multiple of --val-every", RESUME)
+       "the last iteration is validated only when it is a multiple of --val-every", LOOP)
 mutant("train/last-iteration-not-logged", F,
        'if it % args.log_every == 0 or "val_accuracy" in row or last:',
        'if it % args.log_every == 0 or "val_accuracy" in row:',
        "the last iteration gets no metrics row unless it is a multiple of --log-every",
-       SAFETY + " -k first_checkpoint")
+       LOOP)
 mutant("train/validation-not-logged", F,
        'if it % args.log_every == 0 or "val_accuracy" in row or last:',
        "if it % args.log_every == 0 or last:",
-       "a validation off the log cadence gets no metrics row", RESUME + " -k metrics_log")
+       "a validation off the log cadence gets no metrics row", LOOP)
 mutant("train/last-iteration-no-checkpoint", F,
        "if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:",
        "if args.checkpoint_every and it % args.checkpoint_every == 0:",
        "the last iteration is checkpointed only on the --checkpoint-every cadence",
-       SAFETY + " -k first_checkpoint")
+       LOOP)
 mutant("train/checkpoint-before-logged", F,
        "    state.logged = it\n"
        "    if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:\n"
@@ -841,12 +844,12 @@ mutant("train/checkpoint-before-logged", F,
        "        state.logged = it\n"
        "        run.folder.draw_curve(",
        "the checkpoint is saved before the iteration counts as logged: resume redoes its validation",
-       RESUME + " -k 'killed_run or stop_during_validation'")
+       LOOP)
 mutant("train/test-weights-ignored", F,
        'if run.args.test_weights == "best" and best is not None:',
        "if best is not None:",
-       "--test-weights last still tests the best-validated weights", RESUME)
+       "--test-weights last still tests the best-validated weights", LOOP)
 mutant("train/best-head-not-loaded", F,
        'run.body.load_state_dict(best["body"]), run.head.load_state_dict(best["head"])',
        'run.body.load_state_dict(best["body"])',
-       "the final test loads the best body but keeps the last head", RESUME + " -k evaluate_a_saved_run")
+       "the final test loads the best body but keeps the last head", LOOP)
