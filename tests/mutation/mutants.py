@@ -548,8 +548,7 @@ mutant("sampler/support-query-offsets-swapped", F,
 mutant("sampler/support-query-dim-ignored", F,
        "index = (slice(None),) * dim",
        "index = ()",
-       "support_query always splits dimension 0 (a batch of tasks is split by task)",
-       SAMPLER + " " + FAST_EVAL)
+       "support_query always splits dimension 0 (a batch of tasks is split by task)", SAMPLER)
 
 # ---------------------------------------------------------------------------------- anil/fast.py
 F = "anil/fast.py"
