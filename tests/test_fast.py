@@ -5,14 +5,15 @@ Every strategy, memory format and head loop (torch.func, closed form) must give 
 meta-gradient in float64 to ~1e-10, and evaluation must give the same accuracies.
 """
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.func import vmap
 
-from anil.algorithm import meta_loss, meta_train_step, task_loss
-from anil.data import load_split
-from anil.evaluation import evaluate, task_accuracies
+from anil.algorithm import adapt_and_score, meta_loss, meta_train_step, task_loss
+from anil.data import ClassSplit, load_split
+from anil.evaluation import accuracies_of, episode_accuracy, evaluate, task_accuracies
 from anil.fast import (HEAD_LOOPS, Speed, batched_features, default_speed, feature_extractor,
                        head_gradients, meta_gradient, train_step)
 from anil.model import ConvBody, make_head
@@ -329,3 +330,103 @@ def test_bad_speed_options_are_rejected():
         Speed("chunk", chunk_size=0)
     with pytest.raises(ValueError, match="head_loop must be one of"):
         Speed(head_loop="numpy")
+
+
+def test_float32_precision_runs_the_body_in_float32():
+    """precision="float32" is the body itself: no autocast, the features are body(x)."""
+    body, _, images, _ = problem(seed=7, dtype=torch.float32)
+    expected = torch.stack([body(x) for x in images])
+    for speed in (Speed("task"), Speed("vmap", batch_body=True)):
+        features = feature_extractor(body, speed)(images)
+        assert features.dtype == torch.float32
+        torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_gradient_accumulates_into_existing_gradients_as_backward_does():
+    """Two calls without zeroing in between give twice the meta-gradient, body and head alike
+    (as two ``meta_loss(...).backward()`` would)."""
+    body, head, images, labels = problem(seed=8)
+    expected = reference_gradients(body, head, images, labels, 0.4, 2, False)
+    for speed in (Speed("task"), Speed("chunk", 2, head_loop="closed-form")):
+        body.zero_grad(set_to_none=True), head.zero_grad(set_to_none=True)
+        for _ in range(2):
+            meta_gradient(body, head, images, labels, 0.4, 2, speed=speed)
+        for e, g in zip(expected, gradients(body, head)):
+            torch.testing.assert_close(g, 2 * e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_head_loops_agree_when_support_and_query_labels_differ(first_order):
+    """The closed form and torch.func on tasks whose query labels do not repeat the support
+    labels (any episode): the inner loop must use the support labels, the score the query's."""
+    torch.manual_seed(9)
+    head = make_head(6, 4)
+    params = {k: v.detach() + 0.2 * torch.randn_like(v) for k, v in head.named_parameters()}
+    features = torch.randn(3, 16, 6)
+    labels = torch.randint(0, 4, (3, 16))
+    closed = head_gradients(head, params, features, labels, 0.7, 3, first_order, scale=0.5,
+                            head_loop="closed-form")
+    func = head_gradients(head, params, features, labels, 0.7, 3, first_order, scale=0.5,
+                          head_loop="torch.func")
+    for k in params:
+        torch.testing.assert_close(closed[0][k], func[0][k], rtol=1e-12, atol=1e-14)
+    for a, b in zip(closed[1:], func[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def small_sampler(ways=3, shots=2, seed=5):
+    """Tasks of 2-channel 8×8 images (the shape of ``problem``'s body) from 10 random classes."""
+    images = np.random.default_rng(0).integers(0, 256, (60, 8, 8, 2), dtype=np.uint8)
+    split = ClassSplit.from_labels(images, np.repeat(np.arange(10), 6), [f"c{i}" for i in range(10)])
+    return TaskSampler(split, ways, shots, seed=seed)
+
+
+def test_accuracies_of_follows_the_task_ids_given_and_reports_progress_per_group():
+    """Any order, repeats included, a last group smaller than the others; progress(done, total)
+    after each group, ending at the total."""
+    body, head, _, _ = problem(seed=9, dtype=torch.float32)
+    sampler = small_sampler()
+    ids = [5, 0, 9, 3, 3, 7, 1]
+    expected = [reference_accuracy(body, head, sampler.task(i).images, sampler.task(i).labels, 0.5, 5)
+                for i in ids]
+    assert len(set(expected)) > 1  # the tasks differ, so a mix-up would show
+    calls = []
+    got = accuracies_of(body, head, sampler, ids, 0.5, 5, tasks_per_call=3,
+                        progress=lambda done, total: calls.append((done, total)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+
+
+@pytest.mark.parametrize("head_loop", HEAD_LOOPS)
+def test_an_episode_is_scored_as_the_task_of_the_same_support_and_query(head_loop):
+    """episode_accuracy on a task's support and query sets, given separately, equals the task's
+    query accuracy: one body call over the whole episode (its batch-norm statistics), adapt on
+    the support set, score the query set. The queries are shifted so that batch norm over the
+    whole episode and over each half separately give different results."""
+    body, head, images, labels = problem(seed=10, tasks=6)
+    images = images.clone()
+    images[:, 1::2] += 1.5
+    params = {k: v.detach() for k, v in head.named_parameters()}
+    expected, separate = [], []
+    for x, y in zip(images, labels):
+        expected.append(reference_accuracy(body, head, x, y, 0.5, 5))
+        got = episode_accuracy(body, head, x[0::2], y[0::2], x[1::2], y[1::2], 0.5, 5, head_loop)
+        assert got == pytest.approx(expected[-1], abs=1e-12)
+        with torch.no_grad():  # what must NOT happen: batch norm over each half on its own
+            separate.append(adapt_and_score(head, params, body(x[0::2]), y[0::2], body(x[1::2]),
+                                            y[1::2], 0.5, 5)[1].item())
+    assert separate != pytest.approx(expected, abs=1e-12)
+
+
+def test_default_speeds_are_the_documented_ones():
+    """default_speed's docstring: on a CPU the body task by task and the head loop over chunks
+    of 8 tasks; on a GPU (cuda, mps) the whole meta-batch in one batched body call and one head
+    loop; channels-last float32 everywhere, with the head loop asked for."""
+    for head_loop in HEAD_LOOPS:
+        cpu = default_speed("cpu", head_loop)
+        assert (cpu.strategy, cpu.chunk_size, cpu.batch_body, cpu.channels_last, cpu.precision,
+                cpu.head_loop) == ("chunk", 8, False, True, "float32", head_loop)
+        for device in ("cuda", "mps"):
+            gpu = default_speed(device, head_loop)
+            assert (gpu.strategy, gpu.batch_body, gpu.channels_last, gpu.precision,
+                    gpu.head_loop) == ("vmap", True, True, "float32", head_loop)

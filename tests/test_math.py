@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from anil.algorithm import adapt_head, cross_entropy, head_loss, meta_loss, task_loss
+from anil.algorithm import adapt_and_score, adapt_head, cross_entropy, head_loss, meta_loss, task_loss
 from anil.model import ConvBody, make_head
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
@@ -180,3 +180,21 @@ def test_zero_inner_steps_leave_the_head_unchanged():
     z = body(images[0])
     expected = F.cross_entropy(head(z[1::2]), labels[0][1::2])
     torch.testing.assert_close(loss, expected)
+
+
+def test_adapt_and_score_scores_the_adapted_head_on_the_query_set_with_its_own_labels():
+    """adapt_and_score = adapt_head on (support features, support labels), then the mean
+    cross-entropy and the accuracy of the adapted head on the query features against the query
+    labels, which need not follow the support labels' order (e.g. a given episode's queries)."""
+    torch.manual_seed(7)
+    head = make_head(5, 3).double()
+    params = dict(head.named_parameters())
+    means = 3 * torch.randn(3, 5)  # features that the adapted head can classify
+    ys, yq = torch.arange(3).repeat(4), torch.arange(3).repeat_interleave(4)
+    zs, zq = means[ys] + 0.3 * torch.randn(12, 5), means[yq] + 0.3 * torch.randn(12, 5)
+    loss, accuracy = adapt_and_score(head, params, zs, ys, zq, yq, 0.5, 3)
+    adapted = adapt_head(head, params, zs, ys, 0.5, 3)
+    logits = zq @ adapted["weight"].T + adapted["bias"]
+    torch.testing.assert_close(loss, F.cross_entropy(logits, yq))
+    assert accuracy.item() == (logits.argmax(1) == yq).double().mean().item()
+    assert accuracy.item() != (logits.argmax(1) == ys).double().mean().item()  # labels matter here

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from anil.data import ClassSplit
-from anil.sampler import SamplerError, TaskSampler
+from anil.sampler import SamplerError, TaskSampler, support_query
 
 
 def make_split(num_classes=12, per_class=10, name="toy/train", class_offset=0):
@@ -291,3 +291,15 @@ def test_rotation_of_non_square_images_is_refused_up_front():
     with pytest.raises(SamplerError, match=r"need square images; wide/train holds 4x6 images"):
         TaskSampler(split, 2, 1, rotate=True)
     assert TaskSampler(split, 2, 1).task(0).images.shape == (4, 1, 4, 6)  # no rotation: fine
+
+
+def test_support_query_splits_the_dimension_it_is_given():
+    """Even positions along ``dim`` are the support set, odd ones the query set: dim 0 for one
+    task, dim 1 for a batch of tasks [b, 2NK, ...], the other dimensions untouched."""
+    x = torch.arange(3 * 6 * 2).view(3, 6, 2)
+    support, query = support_query(x, dim=1)
+    assert torch.equal(support, x[:, 0::2]) and torch.equal(query, x[:, 1::2])
+    support, query = support_query(x[1])
+    assert torch.equal(support, x[1, 0::2]) and torch.equal(query, x[1, 1::2])
+    for task in range(3):  # a batch split along dim 1 is each task split along dim 0
+        assert all(torch.equal(a[task], b) for a, b in zip(support_query(x, dim=1), support_query(x[task])))

@@ -63,12 +63,12 @@ CHECKPOINT = "tests/test_checkpoint.py -k 'not fingerprint'"
 F = "anil/sampler.py"
 
 mutant("sampler/support-is-query", F,
-       "return self.images[0::2], self.labels[0::2]",
-       "return self.images[1::2], self.labels[0::2]",
+       "return support_query(self.images)[0], support_query(self.labels)[0]",
+       "return support_query(self.images)[1], support_query(self.labels)[0]",
        "the support set returns the query images (odd positions)", SAMPLER)
 mutant("sampler/query-labels-even", F,
-       "return self.images[1::2], self.labels[1::2]",
-       "return self.images[1::2], self.labels[0::2]",
+       "return support_query(self.images)[1], support_query(self.labels)[1]",
+       "return support_query(self.images)[1], support_query(self.labels)[0]",
        "query labels taken from the even positions", SAMPLER,
        equivalent="every class block holds one label and has even length 2K, so labels[0::2] "
                   "equals labels[1::2] element for element")
@@ -170,8 +170,8 @@ mutant("data/offsets-right", F,
        "np.searchsorted(labels, np.arange(num_classes + 1), side=\"right\")",
        "class offsets off by one class (searchsorted side='right')", DATA)
 mutant("data/images-not-regrouped", F,
-       "                images = images[order]\n",
-       "                pass\n",
+       "            images = images[order]\n",
+       "            pass\n",
        "labels sorted into class blocks but images left in their original order", DATA)
 mutant("data/no-memory-map", F,
        'mmap_mode="r" if mmap else None',
@@ -194,8 +194,8 @@ mutant("nil/unnormalised-support", F,
        "support_features.T",
        "dot product with unnormalised support features instead of cosine", NIL)
 mutant("nil/queries-are-support", F,
-       "labels[0::2], features[1::2], ways)",
-       "labels[0::2], features[0::2], ways)",
+       "nil_probabilities(support_features, support_labels, query_features, ways)",
+       "nil_probabilities(support_features, support_labels, support_features, ways)",
        "the support images are classified instead of the queries", NIL)
 
 # -------------------------------------------------------------------------- anil/paper/cka.py
@@ -226,12 +226,12 @@ mutant("maml/ascent", F,
        "fast = {k: fast[k] + step_size * grads[k] for k in fast}",
        "inner loop steps up the gradient", MAML)
 mutant("maml/support-odd", F,
-       "support = slice(0, None, 2)",
-       "support = slice(1, None, 2)",
+       "support_logits, _ = support_query(network_forward(",
+       "_, support_logits = support_query(network_forward(",
        "inner loop adapts on the query positions", MAML)
 mutant("maml/query-even", F,
-       "images)[1::2]\n    query_labels = labels[1::2]",
-       "images)[0::2]\n    query_labels = labels[1::2]",
+       "_, logits = support_query(network_forward(body, head, params, images))",
+       "logits, _ = support_query(network_forward(body, head, params, images))",
        "outer loss scored on the support positions", MAML)
 mutant("maml/meta-loss-sum", F,
        "return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -241,12 +241,12 @@ mutant("maml/layer-index", F,
        'f"body.blocks.{int(layer[4:]) - 1}."',
        'f"body.blocks.{int(layer[4:])}."',
        "conv<i> names block i instead of block i-1", MAML)
-mutant("maml/eval-not-detached", F,
-       "params = {k: v.detach() for k, v in network_params(body, head).items()}",
-       "params = network_params(body, head)",
-       "test-time adaptation starts from the live parameters (no .detach())", MAML,
-       equivalent="it runs under torch.no_grad and returns a float: the values are the same and no "
-                  "graph reaches the caller")
+mutant("maml/eval-keeps-graph", F,
+       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "test-time adaptation builds the outer graph (no torch.no_grad)", MAML,
+       equivalent="the same arithmetic with or without a graph, and only a float (.item()) leaves "
+                  "the function: no graph reaches the caller (it costs memory, changes no value)")
 
 # ---------------------------------------------------------------- anil/evaluation.py: mean_ci95
 F = "anil/evaluation.py"
@@ -279,13 +279,13 @@ mutant("ci95/one-value", F,
 F = "data_prep/common.py"
 
 mutant("common/duplicate-in-split", F,
-       '        if len(set(names)) != len(names):\n'
-       '            raise PrepError(f"{source}: the {split} split lists a class twice")\n',
+       '        if twice:\n'
+       '            raise PrepError(f"{source}: the {split} split lists the class {twice[0]!r} twice")\n',
        "",
        "a class listed twice in one split is accepted", GUARDS)
 mutant("common/splits-checked-separately", F,
-       "    for split, names in splits.items():\n        if len",
-       "    for split, names in splits.items():\n        seen = {}\n        if len",
+       "    for split, names in splits.items():\n        twice",
+       "    for split, names in splits.items():\n        seen = {}\n        twice",
        "the class-to-split record is reset per split: a class in two splits passes", GUARDS)
 mutant("common/drive-letter", F,
        ' or (path.parts and ":" in path.parts[0])',
@@ -308,8 +308,8 @@ mutant("common/absolute", F,
        "if ",
        "absolute member names accepted", GUARDS)
 mutant("common/tar-resolve", F,
-       '                if not (root / m.name).resolve().is_relative_to(root):\n'
-       '                    _check_member(archive, "../" + m.name)\n',
+       '        if not (root / m.name).resolve().is_relative_to(root):\n'
+       '            _check_member(archive, "../" + m.name)\n',
        "",
        "tar members not checked to resolve inside dest (a link already there)", GUARDS)
 mutant("common/hard-links", F,
@@ -325,13 +325,14 @@ mutant("common/download-trusts-existing", F,
        "if dest.is_file():",
        "an existing download is reused without checking its md5", GUARDS)
 mutant("common/unpickler-falls-back", F,
-       'raise pickle.UnpicklingError(f"it refers to {module}.{name}")',
+       'raise _NotPlain(f"it refers to {module}.{name}")',
        "return super().find_class(module, name)",
        "the safe unpickler falls back to the default lookup: any global allowed", GUARDS)
 mutant("common/unpickler-allows-numpy", F,
-       "        if (module, name) in SAFE_GLOBALS:\n            return SAFE_GLOBALS[(module, name)]",
-       '        if (module, name) in SAFE_GLOBALS or module.startswith("numpy"):\n'
-       "            return super().find_class(module, name)",
+       "        if (module, name) not in SAFE_GLOBALS:\n",
+       '        if module.startswith("numpy") and (module, name) not in SAFE_GLOBALS:\n'
+       "            return super().find_class(module, name)\n"
+       "        if (module, name) not in SAFE_GLOBALS:\n",
        "any numpy global allowed (numpy.load, numpy.testing's runstring)", GUARDS)
 
 # ----------------------------------------------------------------------- data_prep/cifar100.py
@@ -366,12 +367,12 @@ mutant("cifar100/extracted-md5-unchecked", F,
 F = "data_prep/omniglot.py"
 
 mutant("omniglot/not-inverted", F,
-       "return 255 - np.asarray(image, dtype=np.uint8)",
-       "return np.asarray(image, dtype=np.uint8)",
+       "PREPROCESS = Preprocess(SIZE, channels=1, invert=True)",
+       "PREPROCESS = Preprocess(SIZE, channels=1, invert=False)",
        "strokes left dark on white", OMNIGLOT)
-mutant("omniglot/bilinear", F,
-       ".resize((SIZE, SIZE), Image.LANCZOS)",
-       ".resize((SIZE, SIZE), Image.BILINEAR)",
+mutant("omniglot/bilinear", "data_prep/images.py",  # the conversion Omniglot's PREPROCESS names
+       'RESAMPLE = {"lanczos": Image.Resampling.LANCZOS}',
+       'RESAMPLE = {"lanczos": Image.Resampling.BILINEAR}',
        "bilinear instead of LANCZOS resize", OMNIGLOT)
 mutant("omniglot/unsorted-shuffle", F,
        "order = sorted(names)",
@@ -388,8 +389,8 @@ mutant("omniglot/rotation-direction", F,
        "np.rot90(images, k, axes=(3, 2))",
        "the class named rot90 is rotated by 270 degrees", OMNIGLOT)
 mutant("omniglot/md5-unchecked", F,
-       '        verify_md5(path, MD5[archive], f"delete it and {HOW_TO_GET}")\n',
-       "",
+       "    if actual == MD5[name]:\n        return\n",
+       "    if True:\n        return\n",
        "the zips' md5 is not checked", OMNIGLOT)
 
 # --------------------------------------------------------------------- anil/run/checkpoint.py
@@ -419,3 +420,435 @@ mutant("checkpoint/differences-reversed", F,
        'f"{k}: {saved.get(k, missing)!r} → {current.get(k, missing)!r}"',
        'f"{k}: {current.get(k, missing)!r} → {saved.get(k, missing)!r}"',
        "a changed setting reported as current -> saved", CHECKPOINT)
+
+# --------------------------------------------------------------- data_prep/common.py: size limits
+F = "data_prep/common.py"
+
+mutant("common/zip-resolve", F,
+       '                    if not target.resolve().is_relative_to(root):  # through a link in dest\n'
+       '                        _check_member(archive, "../" + info.filename)\n',
+       "",
+       "zip members not checked to resolve inside dest (a link already there)", GUARDS)
+mutant("common/declared-member-size", F,
+       "        if size > self.limit.member:\n            raise self._over(name, \"member\")\n"
+       "        self.declared += size",
+       "        self.declared += size",
+       "a member's declared size is not checked against the per-member limit", GUARDS)
+mutant("common/copied-bytes-uncounted", F,
+       "        self.copied += block\n",
+       "",
+       "bytes copied are not counted against the whole archive's limit (a lying header passes)",
+       GUARDS)
+
+# ============================================================================================
+# The core modules: the algorithm, the fast path, evaluation, distributed training, the loop.
+# ============================================================================================
+MATH = "tests/test_math.py"
+FAST_GRAD = ("tests/test_fast.py -k 'reference_meta_gradient or head_loop or batch_norm_statistics "
+             "or after_adam or accumulates or float32_precision'")
+FAST_EVAL = "tests/test_fast.py -k 'task_accuracies or accuracies_of or episode'"
+DIST_UNIT = "tests/test_distributed.py -k 'without_a_group or stand_in or divide'"  # no processes
+DIST = "tests/test_distributed.py -k 'train_like_one or sharded'"  # 2 spawned processes
+LOOP = "tests/test_train_loop.py"  # TrainState, RunFolder, end_of_iteration, in milliseconds
+
+# ---------------------------------------------------------------------------- anil/algorithm.py
+F = "anil/algorithm.py"
+
+mutant("algorithm/ce-sign", F,
+       "return -torch.log_softmax(logits, -1).gather(",
+       "return torch.log_softmax(logits, -1).gather(",
+       "cross-entropy without its minus sign: the inner loop climbs the loss", MATH)
+mutant("algorithm/ce-sum", F,
+       ".gather(-1, labels.unsqueeze(-1)).mean()",
+       ".gather(-1, labels.unsqueeze(-1)).sum()",
+       "cross-entropy summed over the samples instead of averaged (inner step scaled by n)", MATH)
+mutant("algorithm/ce-softmax-dim", F,
+       "-torch.log_softmax(logits, -1)",
+       "-torch.log_softmax(logits, 0)",
+       "log-softmax over the samples instead of the classes", MATH)
+mutant("algorithm/head-loss-detached-features", F,
+       "    logits = functional_call(head, params, (features,))\n    return cross_entropy(",
+       "    logits = functional_call(head, params, (features.detach(),))\n    return cross_entropy(",
+       "the support features are detached in the inner loss: the mixed ∂²L/∂θ∂w terms vanish", MATH)
+mutant("algorithm/inner-ascent", F,
+       "params = {k: params[k] - step_size * grads[k] for k in params}",
+       "params = {k: params[k] + step_size * grads[k] for k in params}",
+       "the inner loop steps up the gradient", MATH)
+mutant("algorithm/inner-step-size", F,
+       "params = {k: params[k] - step_size * grads[k] for k in params}",
+       "params = {k: params[k] - 0.5 * step_size * grads[k] for k in params}",
+       "inner steps of α/2", MATH)
+mutant("algorithm/only-weight-adapts", F,
+       "params = {k: params[k] - step_size * grads[k] for k in params}",
+       'params = {k: params[k] - step_size * grads[k] if k == "weight" else params[k] for k in params}',
+       "the inner loop updates W but not b", MATH)
+mutant("algorithm/first-order-not-detached", F,
+       "            grads = {k: g.detach() for k, g in grads.items()}\n",
+       "            grads = {k: g for k, g in grads.items()}\n",
+       "first-order ANIL keeps the second-order terms (missing .detach())", MATH)
+mutant("algorithm/first-order-detaches-params", F,
+       "            grads = {k: g.detach() for k, g in grads.items()}\n",
+       "            params = {k: p.detach() for k, p in params.items()}\n",
+       "first order detaches the adapted head instead of the gradient: no meta-gradient reaches w",
+       MATH)
+mutant("algorithm/steps-plus-one", F,
+       "    for _ in range(steps):\n        grads = grad_fn(",
+       "    for _ in range(steps + 1):\n        grads = grad_fn(",
+       "one inner step too many", MATH)
+mutant("algorithm/steps-minus-one", F,
+       "    for _ in range(steps):\n        grads = grad_fn(",
+       "    for _ in range(1, steps):\n        grads = grad_fn(",
+       "one inner step too few", MATH)
+mutant("algorithm/scores-support", F,
+       "logits = functional_call(head, adapted, (query_features,))",
+       "logits = functional_call(head, adapted, (support_features,))",
+       "the adapted head is scored on the support set instead of the query set", MATH)
+mutant("algorithm/accuracy-on-support-labels", F,
+       "accuracy = (logits.argmax(-1) == query_labels)",
+       "accuracy = (logits.argmax(-1) == support_labels)",
+       "query predictions compared with the support labels", MATH)
+mutant("algorithm/body-per-half", F,
+       "    support_features, query_features = support_query(body(images))\n",
+       "    support_features, query_features = (body(support_query(images)[0]), "
+       "body(support_query(images)[1]))\n",
+       "the body runs separately on support and query: batch norm no longer sees the whole task",
+       MATH)
+mutant("algorithm/swapped-support-query", F,
+       "    support_features, query_features = support_query(body(images))\n",
+       "    query_features, support_features = support_query(body(images))\n",
+       "adapted on the query set, scored on the support set", MATH)
+mutant("algorithm/meta-loss-sum", F,
+       "    return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
+       "    return torch.stack(losses).sum(), torch.stack(accuracies).mean()",
+       "meta-loss summed over the meta-batch instead of averaged", MATH)
+mutant("algorithm/no-zero-grad", F,
+       "    optimizer.zero_grad(set_to_none=True)\n    loss, accuracy = meta_loss(",
+       "    loss, accuracy = meta_loss(",
+       "the reference step never clears .grad: gradients of earlier steps accumulate", FAST_GRAD)
+mutant("algorithm/zero-grad-after-backward", F,
+       "    loss.backward()\n    return outer_step(",
+       "    loss.backward()\n    optimizer.zero_grad(set_to_none=True)\n    return outer_step(",
+       "gradients cleared between backward() and the optimizer step: nothing moves", FAST_GRAD)
+mutant("algorithm/average-skipped", F,
+       "        average([*(p.grad for p in params), stats])\n",
+       "        pass\n",
+       "data-parallel gradients not averaged across processes", DIST_UNIT)
+mutant("algorithm/stats-not-averaged", F,
+       "        average([*(p.grad for p in params), stats])\n",
+       "        average([p.grad for p in params])\n",
+       "the reported loss and accuracy are rank 0's share only, not the meta-batch's", DIST_UNIT)
+
+# ------------------------------------------------------------------ anil/sampler.py: support_query
+F = "anil/sampler.py"
+
+mutant("sampler/support-query-offsets-swapped", F,
+       "return x[index + (slice(0, None, 2),)], x[index + (slice(1, None, 2),)]",
+       "return x[index + (slice(1, None, 2),)], x[index + (slice(0, None, 2),)]",
+       "support_query returns (odd, even): support and query exchanged everywhere", SAMPLER)
+mutant("sampler/support-query-dim-ignored", F,
+       "index = (slice(None),) * dim",
+       "index = ()",
+       "support_query always splits dimension 0 (a batch of tasks is split by task)", SAMPLER)
+
+# ---------------------------------------------------------------------------------- anil/fast.py
+F = "anil/fast.py"
+
+mutant("fast/bn-stats-across-tasks", F,
+       "dim=(1, 3, 4), correction=0",
+       "dim=(0, 1, 3, 4), correction=0",
+       "batched body: batch-norm statistics over every task of the group", FAST_GRAD)
+mutant("fast/bn-stats-per-image", F,
+       "dim=(1, 3, 4), correction=0",
+       "dim=(3, 4), correction=0",
+       "batched body: statistics per image (instance norm) instead of per task", FAST_GRAD)
+mutant("fast/bn-unbiased-var", F,
+       "dim=(1, 3, 4), correction=0",
+       "dim=(1, 3, 4), correction=1",
+       "batched body: unbiased variance (BatchNorm2d normalises with the biased one)", FAST_GRAD)
+mutant("fast/bn-eps-outside-sqrt", F,
+       "torch.rsqrt(var + norm.eps)",
+       "1 / (var.sqrt() + norm.eps)",
+       "batched body: ε added to the standard deviation instead of the variance", FAST_GRAD)
+mutant("fast/bn-shift-sign", F,
+       "(norm.bias.view(1, 1, -1, 1, 1) - mean * scale)",
+       "(norm.bias.view(1, 1, -1, 1, 1) + mean * scale)",
+       "batched body: the mean added instead of subtracted", FAST_GRAD)
+mutant("fast/batched-features-layout", F,
+       "return x.flatten(1).view(b, images.shape[1], -1)",
+       "return x.flatten(1).view(images.shape[1], b, -1).transpose(0, 1)",
+       "batched body: features regrouped as [images, tasks] (tasks mixed up)", FAST_GRAD)
+mutant("fast/task-body-over-the-group", F,
+       "torch.stack([call(x) for x in images])",
+       "call(images.flatten(0, 1)).view(len(images), images.shape[1], -1)",
+       "per-task body: one call over the whole group, batch norm across tasks", FAST_GRAD)
+mutant("fast/autocast-float32", F,
+       'if precision == "bfloat16":',
+       'if precision in ("bfloat16", "float32"):',
+       "float32 precision runs the body under bfloat16 autocast too", FAST_GRAD)
+mutant("fast/autocast-float16", F,
+       "return torch.autocast(images.device.type, dtype=torch.bfloat16)",
+       "return torch.autocast(images.device.type, dtype=torch.float16)",
+       "--precision bfloat16 autocasts to float16", "tests/test_fast.py -k bfloat16")
+mutant("fast/in-dims-query-labels", F,
+       "in_dims=(None, None, 0, 0, 0, 0, None, None, None)",
+       "in_dims=(None, None, 0, 0, 0, None, None, None, None)",
+       "torch.func head loop: query labels not split by task", FAST_GRAD)
+mutant("fast/closed-form-no-1-over-n", F,
+       "- one_hot) / n",
+       "- one_hot)",
+       "closed form: ∇L without the 1/n of the mean loss", FAST_GRAD)
+mutant("fast/closed-form-query-one-hot", F,
+       "one_hot = F.one_hot(support_labels, ways)",
+       "one_hot = F.one_hot(query_labels, ways)",
+       "closed form: the inner gradient uses the query labels", FAST_GRAD)
+mutant("fast/closed-form-bias-mean", F,
+       "residual.sum(1, keepdim=True)",
+       "residual.mean(1, keepdim=True)",
+       "closed form: ∇b divided by n twice", FAST_GRAD)
+mutant("fast/closed-form-bias-sum-dim", F,
+       "residual.sum(1, keepdim=True)",
+       "residual.sum(2, keepdim=True)",
+       "closed form: ∇b summed over the classes instead of the samples (always ~0)", FAST_GRAD)
+mutant("fast/closed-form-not-detached", F,
+       "grad_w, grad_b = grad_w.detach(), grad_b.detach()",
+       "grad_w, grad_b = grad_w, grad_b",
+       "closed form: first order keeps the second-order terms", FAST_GRAD)
+mutant("fast/closed-form-bias-not-detached", F,
+       "grad_w, grad_b = grad_w.detach(), grad_b.detach()",
+       "grad_w, grad_b = grad_w.detach(), grad_b",
+       "closed form: first order detaches ∇W but not ∇b", FAST_GRAD)
+mutant("fast/head-gradients-mean", F,
+       "torch.autograd.grad(scale * losses.sum(),",
+       "torch.autograd.grad(losses.mean(),",
+       "each group's gradient averaged over the group instead of scaled by 1/B", FAST_GRAD)
+mutant("fast/scale-per-group", F,
+       "scale=1.0 / meta_batch,",
+       "scale=1.0 / len(x),",
+       "head gradients scaled by 1/(group size) instead of 1/B", FAST_GRAD)
+mutant("fast/features-not-detached", F,
+       "detached = features.detach().to(params[\"weight\"].dtype)",
+       "detached = features.to(params[\"weight\"].dtype)",
+       "the body's features reach the head loop undetached", FAST_GRAD,
+       equivalent="head_gradients detaches its features again before the head loop, so the "
+                  "graph and every value are the same")
+mutant("fast/last-group-dropped", F,
+       "for start in range(0, meta_batch, group):",
+       "for start in range(0, meta_batch - 1, group):",
+       "meta_gradient skips the last task when groups do not divide the meta-batch", FAST_GRAD)
+mutant("fast/head-grads-overwritten", F,
+       "            head_grads[k] += g_params[k]\n",
+       "            head_grads[k] = g_params[k]\n",
+       "head gradients of the last group only", FAST_GRAD)
+mutant("fast/head-grad-replaces", F,
+       "p.grad = head_grads[name] if p.grad is None else p.grad + head_grads[name]",
+       "p.grad = head_grads[name]",
+       "meta_gradient overwrites the head's .grad instead of accumulating into it (the body's "
+       "accumulates)", FAST_GRAD)
+mutant("fast/loss-mean-of-groups", F,
+       "return torch.cat(losses).mean().item(), torch.cat(accuracies).mean().item()",
+       "return torch.stack([l.mean() for l in losses]).mean().item(), torch.cat(accuracies).mean().item()",
+       "reported loss is the mean of group means (unequal groups weigh more)", FAST_GRAD)
+mutant("fast/train-step-no-zero-grad", F,
+       "    optimizer.zero_grad(set_to_none=True)\n    loss, accuracy = meta_gradient(",
+       "    loss, accuracy = meta_gradient(",
+       "the fast step never clears .grad: gradients of earlier steps accumulate", FAST_GRAD)
+mutant("fast/train-step-no-average", F,
+       "    return outer_step(optimizer, loss, accuracy, average)",
+       "    return outer_step(optimizer, loss, accuracy)",
+       "the fast step ignores the data-parallel all-reduce",
+       DIST_UNIT)
+mutant("fast/default-gpu-per-task-body", F,
+       'return Speed(strategy="vmap", batch_body=True, channels_last=True, head_loop=head_loop)',
+       'return Speed(strategy="vmap", batch_body=False, channels_last=True, head_loop=head_loop)',
+       "the GPU default runs the body task by task", "tests/test_fast.py -k default_speeds")
+mutant("fast/default-ignores-head-loop", F,
+       'return Speed(strategy="chunk", chunk_size=8, channels_last=True, head_loop=head_loop)',
+       'return Speed(strategy="chunk", chunk_size=8, channels_last=True)',
+       "the CPU default speed drops the requested head loop", "tests/test_fast.py -k default_speeds")
+
+# ---------------------------------------------------------------------------- anil/evaluation.py
+F = "anil/evaluation.py"
+
+mutant("evaluation/split-tasks-not-images", F,
+       "support_query(features, dim=1), support_query(labels, dim=1))",
+       "support_query(features, dim=0), support_query(labels, dim=0))",
+       "task_accuracies splits the batch of tasks instead of each task's images", FAST_EVAL)
+mutant("evaluation/adapt-on-query", F,
+       "        _, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,\n"
+       "                                             query_features, query_labels, step_size, steps)",
+       "        _, accuracies = HEAD_LOOP[head_loop](head, params, query_features, query_labels,\n"
+       "                                             support_features, support_labels, step_size, steps)",
+       "task_accuracies adapts on the query set and scores the support set", FAST_EVAL)
+mutant("evaluation/body-with-grad", F,
+       "    with torch.inference_mode():\n        features = features_fn(images)",
+       "    if True:\n        features = features_fn(images)",
+       "evaluation runs the body with autograd recording", FAST_EVAL,
+       equivalent="only memory and time change: the features are the same numbers, and the head "
+                  "loop under no_grad returns accuracies (argmax comparisons) with no graph")
+mutant("evaluation/last-partial-group-dropped", F,
+       "for start in range(0, len(task_ids), tasks_per_call):",
+       "for start in range(0, len(task_ids) - tasks_per_call + 1, tasks_per_call):",
+       "the last, partial group of tasks is never evaluated", FAST_EVAL)
+mutant("evaluation/task-ids-sorted", F,
+       "    task_ids = list(task_ids)\n",
+       "    task_ids = sorted(set(task_ids))\n",
+       "accuracies_of returns the accuracies in sorted task-id order, not the order asked", FAST_EVAL)
+mutant("evaluation/progress-lags", F,
+       "progress(len(accuracies), len(task_ids))",
+       "progress(start, len(task_ids))",
+       "progress reports the tasks done before the group, never reaching the total", FAST_EVAL)
+mutant("evaluation/episode-order", F,
+       "features = body(torch.cat([support_images, query_images]))",
+       "features = body(torch.cat([query_images, support_images]))",
+       "episode_accuracy takes query features for support ones", FAST_EVAL)
+mutant("evaluation/episode-bn-per-half", F,
+       "features = body(torch.cat([support_images, query_images]))",
+       "features = torch.cat([body(support_images), body(query_images)])",
+       "episode_accuracy: batch norm over support and query separately", FAST_EVAL)
+
+# ---------------------------------------------------------------------- anil/run/distributed.py
+F = "anil/run/distributed.py"
+
+mutant("distributed/share-start", F,
+       "return slice(ctx.rank * b, (ctx.rank + 1) * b)",
+       "return slice(ctx.rank, (ctx.rank + 1) * b)",
+       "a process's share starts at r instead of r·b (shares overlap)", DIST_UNIT)
+mutant("distributed/gather-row-major", F,
+       "in_order = torch.stack(gathered).T.reshape(-1)[:num_tasks]",
+       "in_order = torch.stack(gathered).reshape(-1)[:num_tasks]",
+       "gathered accuracies read rank by rank instead of back in task order", DIST_UNIT)
+mutant("distributed/average-not-divided", F,
+       "    flat /= ctx.world_size\n",
+       "",
+       "the all-reduce sums the gradients without dividing by P", DIST_UNIT)
+mutant("distributed/own-ids-only", F,
+       "    task_ids = [sampler.next_task_id() for _ in range(meta_batch)]\n"
+       "    tasks = [sampler.task(i) for i in task_ids[mine]]",
+       "    task_ids = [sampler.next_task_id() for _ in range(mine.stop - mine.start)]\n"
+       "    tasks = [sampler.task(i) for i in task_ids]",
+       "each process draws only its own B/P task ids: every rank trains on the same tasks", DIST_UNIT)
+mutant("distributed/evaluation-ids", F,
+       "range(ctx.rank, num_tasks, ctx.world_size)",
+       "range(ctx.rank, num_tasks)",
+       "sharded evaluation: each process scores every task from its rank on", DIST)
+
+# ----------------------------------------------------------------------------- anil/run/state.py
+F = "anil/run/state.py"
+
+mutant("state/best-on-ties", F,
+       'accuracy <= self.best["val_accuracy"]',
+       'accuracy < self.best["val_accuracy"]',
+       "a later validation that only ties the best replaces it", LOOP)
+mutant("state/window-loss-not-averaged", F,
+       '{"loss": w["loss"] / w["count"],',
+       '{"loss": w["loss"],',
+       "the logged training loss is the sum over the window, not its mean",
+       LOOP)
+mutant("state/window-not-reset", F,
+       "w, self.window = self.window, _empty_window()",
+       "w = self.window",
+       "the training window is never reset: each row averages from the start", LOOP)
+mutant("state/inf-loss-passes", F,
+       "if not math.isfinite(loss):",
+       "if math.isnan(loss):",
+       "an infinite loss is recorded instead of stopping the run", LOOP)
+mutant("state/pending-never-saved", F,
+       '"pending": self.logged < self.iteration,',
+       '"pending": False,',
+       "a checkpoint written during a validation says it is complete: the validation is skipped "
+       "on resume", LOOP)
+mutant("state/pending-not-restored", F,
+       'logged=saved["iteration"] - int(saved["pending"]),',
+       'logged=saved["iteration"],',
+       "a resumed run forgets that its last validation was interrupted",
+       LOOP)
+mutant("state/seconds-restart", F,
+       'seconds_before=saved["seconds"])',
+       "seconds_before=0.0)",
+       "a resumed run's clock restarts at zero", LOOP)
+
+# ---------------------------------------------------------------------------- anil/run/folder.py
+F = "anil/run/folder.py"
+
+mutant("folder/overwrite-without-asking", F,
+       "            if not overwrite:\n",
+       "            if False:\n",
+       "a new run replaces another run's files without --overwrite", LOOP)
+mutant("folder/cleared-at-open", F,
+       "            self._replace_old = True\n",
+       "            for file in self.files.values():\n                file.unlink(missing_ok=True)\n",
+       "--overwrite deletes the old run at once: a start stopped early loses it",
+       LOOP)
+mutant("folder/cleared-on-every-write", F,
+       "                self._replace_old = False\n",
+       "",
+       "--overwrite clears the folder again at every write", LOOP)
+mutant("folder/fresh-name-numbering", F,
+       "path, n = Path(path), 2",
+       "path, n = Path(path), 1",
+       "the second default folder is <name>-1", LOOP)
+mutant("folder/fresh-name-over-a-file", F,
+       "while holds_run(candidate, names) or (candidate.exists() and not candidate.is_dir()):",
+       "while holds_run(candidate, names):",
+       "the default folder name may be an existing file", LOOP)
+mutant("folder/summary-not-strict", F,
+       "tmp.write_text(json.dumps(strict_json(obj), indent=1, allow_nan=False))",
+       "tmp.write_text(json.dumps(obj, indent=1))",
+       "summary.json written with NaN (not strict JSON)", LOOP)
+
+# --------------------------------------------------------------------------- anil/run/metrics.py
+F = "anil/run/metrics.py"
+
+mutant("metrics/rows-not-strict", F,
+       'f.write(json.dumps(strict_json(row), allow_nan=False) + "\\n")',
+       'f.write(json.dumps(row) + "\\n")',
+       "metrics rows written with NaN (not strict JSON)", CHECKPOINT)
+mutant("metrics/truncate-keeps-later-rows", F,
+       'kept = [r for r in read_metrics(self.path, damaged) if r["iteration"] <= iteration]',
+       "kept = read_metrics(self.path, damaged)",
+       "a resumed run keeps the rows logged after its checkpoint (duplicates)", CHECKPOINT)
+mutant("metrics/truncate-drops-the-checkpoint-row", F,
+       'if r["iteration"] <= iteration]',
+       'if r["iteration"] < iteration]',
+       "a resumed run drops the row of its checkpoint's own iteration", LOOP + " -k truncat")
+
+# ---------------------------------------------------------------------------------- anil/train.py
+F = "anil/train.py"
+
+mutant("train/last-iteration-not-validated", F,
+       "if args.val_every and (it % args.val_every == 0 or last):",
+       "if args.val_every and it % args.val_every == 0:",
+       "the last iteration is validated only when it is a multiple of --val-every", LOOP)
+mutant("train/last-iteration-not-logged", F,
+       'if it % args.log_every == 0 or "val_accuracy" in row or last:',
+       'if it % args.log_every == 0 or "val_accuracy" in row:',
+       "the last iteration gets no metrics row unless it is a multiple of --log-every",
+       LOOP)
+mutant("train/validation-not-logged", F,
+       'if it % args.log_every == 0 or "val_accuracy" in row or last:',
+       "if it % args.log_every == 0 or last:",
+       "a validation off the log cadence gets no metrics row", LOOP)
+mutant("train/last-iteration-no-checkpoint", F,
+       "if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:",
+       "if args.checkpoint_every and it % args.checkpoint_every == 0:",
+       "the last iteration is checkpointed only on the --checkpoint-every cadence",
+       LOOP)
+mutant("train/checkpoint-before-logged", F,
+       "    state.logged = it\n"
+       "    if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:\n"
+       "        save_checkpoint(run, state)\n"
+       "        run.folder.draw_curve(",
+       "    if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:\n"
+       "        save_checkpoint(run, state)\n"
+       "        state.logged = it\n"
+       "        run.folder.draw_curve(",
+       "the checkpoint is saved before the iteration counts as logged: resume redoes its validation",
+       LOOP)
+mutant("train/test-weights-ignored", F,
+       'if run.args.test_weights == "best" and best is not None:',
+       "if best is not None:",
+       "--test-weights last still tests the best-validated weights", LOOP)
+mutant("train/best-head-not-loaded", F,
+       'run.body.load_state_dict(best["body"]), run.head.load_state_dict(best["head"])',
+       'run.body.load_state_dict(best["body"])',
+       "the final test loads the best body but keeps the last head", LOOP)
