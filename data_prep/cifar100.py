@@ -18,8 +18,9 @@ import numpy as np
 
 from anil.data import lock_dataset, temporary_folder, write_prepared
 
-from .common import (ExtractLimit, PrepError, add_extract_limit_arg, download, limit_from_args,
-                     safe_extract, safe_load_pickle, verify_md5)
+from .archives import ExtractLimit, add_extract_limit_arg, limit_from_args, safe_extract
+from .common import PrepError, download, verify_md5
+from .pickles import safe_load_pickle
 
 ARCHIVE = "cifar-100-python.tar.gz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

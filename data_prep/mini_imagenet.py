@@ -28,8 +28,9 @@ import numpy as np
 
 from anil.data import lock_dataset, temporary_folder, write_prepared
 
-from .common import (ExtractLimit, PrepError, add_extract_limit_arg, check_disjoint, limit_from_args,
-                     read_list, run_cli, safe_extract, safe_load_pickle, verify_md5)
+from .archives import ExtractLimit, add_extract_limit_arg, limit_from_args, safe_extract
+from .common import PrepError, check_disjoint, read_list, run_cli, verify_md5
+from .pickles import safe_load_pickle
 
 NAME = "mini-imagenet"
 FILES = {

@@ -69,7 +69,8 @@ import numpy as np
 from anil.data import DatasetError, write_prepared
 
 from . import episodes
-from .common import PrepError, download, md5sum, open_zip, read_list, run_cli, safe_extract, verify_md5
+from .archives import open_zip, safe_extract
+from .common import PrepError, download, md5sum, read_list, run_cli, verify_md5
 from .images import ImageReadError, Preprocess, read_image
 
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")  # the full set

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from data_prep import cifar100, common, omniglot
+from data_prep import archives, cifar100, common, omniglot
 
 
 def tar_with(path, *members):
@@ -35,7 +35,7 @@ def test_tar_members_escaping_the_folder_are_refused(tmp_path, member, message):
                        (member, None if "type" in member else b"evil"))
     dest = tmp_path / "out" / "inner"
     with pytest.raises(common.PrepError, match=f"a.tar.gz holds {message}.*refusing to extract"):
-        common.safe_extract(archive, dest)
+        archives.safe_extract(archive, dest)
     # Checked before anything is written: not even the good member is there.
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "out" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
@@ -47,9 +47,9 @@ def test_zip_member_escaping_the_folder_is_refused(tmp_path):
         zf.writestr("images_background/Latin/character01/0001_01.png", b"x")
         zf.writestr("../../escaped.png", b"evil")
     with pytest.raises(common.PrepError, match=r"a.zip holds a member outside its folder \('../../escaped.png'\)"):
-        common.safe_extract(archive, tmp_path / "out")
+        archives.safe_extract(archive, tmp_path / "out")
     with pytest.raises(common.PrepError, match="outside its folder"):
-        common.open_zip(archive)  # what the Omniglot reader uses
+        archives.open_zip(archive)  # what the Omniglot reader uses
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -60,13 +60,13 @@ def test_zip_symlink_is_refused(tmp_path):
         info.external_attr = (0o120777 << 16)
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(common.PrepError, match="holds a link"):
-        common.open_zip(archive)
+        archives.open_zip(archive)
 
 
 def test_a_clean_archive_extracts(tmp_path):
     archive = tar_with(tmp_path / "a.tar.gz", (dict(name="top", type=tarfile.DIRTYPE), None),
                        (dict(name="top/sub/file.bin"), b"\x00\x01payload"))
-    common.safe_extract(archive, tmp_path / "out")
+    archives.safe_extract(archive, tmp_path / "out")
     assert (tmp_path / "out" / "top" / "sub" / "file.bin").read_bytes() == b"\x00\x01payload"
 
 
@@ -142,53 +142,53 @@ BUILD = {"zip": zip_of_zeros, "tar.gz": tar_gz_of_zeros}
 def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path, kind, monkeypatch):
     def no_writing(*args):
         raise AssertionError("a member was being written")
-    monkeypatch.setattr(common, "_copy_new", no_writing)
-    bomb = BUILD[kind](tmp_path / f"bomb.{kind}", [200 * common.MB])
-    assert bomb.stat().st_size < 1 * common.MB  # 200 MB of zeros, compressed about 1000x
-    limit = common.default_limit(bomb)
-    assert limit.total < 70 * common.MB  # 64 MB + 20x its size
+    monkeypatch.setattr(archives, "_copy_new", no_writing)
+    bomb = BUILD[kind](tmp_path / f"bomb.{kind}", [200 * archives.MB])
+    assert bomb.stat().st_size < 1 * archives.MB  # 200 MB of zeros, compressed about 1000x
+    limit = archives.default_limit(bomb)
+    assert limit.total < 70 * archives.MB  # 64 MB + 20x its size
     dest = tmp_path / "out"
     with pytest.raises(common.PrepError) as e:
-        common.safe_extract(bomb, dest)
+        archives.safe_extract(bomb, dest)
     assert str(e.value) == (
-        f"{bomb}: its member 'top/zeros.0' expands to more than {limit.member / common.MB:g} MB (the "
+        f"{bomb}: its member 'top/zeros.0' expands to more than {limit.member / archives.MB:g} MB (the "
         f"limit per member); refusing to extract it (a decompression bomb, or not the expected file); "
         f"nothing was kept; if you trust the archive, raise the limit with --max-extract-mb")
     assert list(dest.iterdir()) == []
     if kind == "zip":
         with pytest.raises(common.PrepError, match="the limit per member"):
-            common.open_zip(bomb)  # what the Omniglot reader uses
+            archives.open_zip(bomb)  # what the Omniglot reader uses
 
 
 @pytest.mark.parametrize("kind", sorted(BUILD))
 def test_the_limit_for_the_whole_archive_and_its_override(tmp_path, kind):
-    archive = BUILD[kind](tmp_path / f"a.{kind}", [2 * common.MB] * 3)
-    limit = common.ExtractLimit.mb(5, member_mb=3)
+    archive = BUILD[kind](tmp_path / f"a.{kind}", [2 * archives.MB] * 3)
+    limit = archives.ExtractLimit.mb(5, member_mb=3)
     with pytest.raises(common.PrepError, match=rf"a.{kind}: it expands to more than 5 MB \(the limit "
                                                r"for the whole archive\); refusing"):
-        common.safe_extract(archive, tmp_path / "out", limit)
+        archives.safe_extract(archive, tmp_path / "out", limit)
     assert list((tmp_path / "out").iterdir()) == []
-    common.safe_extract(archive, tmp_path / "out", common.ExtractLimit.mb(6, member_mb=2))  # exactly fits
-    assert sorted(p.stat().st_size for p in (tmp_path / "out" / "top").iterdir()) == [2 * common.MB] * 3
+    archives.safe_extract(archive, tmp_path / "out", archives.ExtractLimit.mb(6, member_mb=2))  # exactly fits
+    assert sorted(p.stat().st_size for p in (tmp_path / "out" / "top").iterdir()) == [2 * archives.MB] * 3
 
 
 @pytest.mark.parametrize("kind", sorted(BUILD))
 def test_sizes_are_counted_while_copying_too(tmp_path, kind, monkeypatch):
     """Declared sizes can lie: with the declarations believed (the check before extraction
     disabled), the bytes counted while copying still stop the bomb and remove what was written."""
-    archive = BUILD[kind](tmp_path / f"a.{kind}", [1 * common.MB, 1 * common.MB, 30 * common.MB])
-    monkeypatch.setattr(common._Meter, "declare", lambda self, name, size: None)
+    archive = BUILD[kind](tmp_path / f"a.{kind}", [1 * archives.MB, 1 * archives.MB, 30 * archives.MB])
+    monkeypatch.setattr(archives._Meter, "declare", lambda self, name, size: None)
     dest = tmp_path / "out"
     with pytest.raises(common.PrepError, match=r"member 'top/zeros.2' expands to more than 4 MB \(the limit "
                                                r"per member\)"):
-        common.safe_extract(archive, dest, common.ExtractLimit.mb(10, member_mb=4))
+        archives.safe_extract(archive, dest, archives.ExtractLimit.mb(10, member_mb=4))
     assert list(dest.iterdir()) == []  # the two good members and the partial third are gone
     with pytest.raises(common.PrepError, match=r"it expands to more than 1.5 MB \(the limit for the whole"):
-        common.safe_extract(archive, dest, common.ExtractLimit.mb(1.5))
+        archives.safe_extract(archive, dest, archives.ExtractLimit.mb(1.5))
     assert list(dest.iterdir()) == []
     if kind == "zip":  # reading members one by one, as the Omniglot reader does
-        with common.open_zip(archive, common.ExtractLimit.mb(10, member_mb=4)) as zf:
-            assert len(zf.read("top/zeros.0")) == common.MB
+        with archives.open_zip(archive, archives.ExtractLimit.mb(10, member_mb=4)) as zf:
+            assert len(zf.read("top/zeros.0")) == archives.MB
             with pytest.raises(common.PrepError, match="'top/zeros.2' expands to more than 4 MB"):
                 zf.read("top/zeros.2")
 
@@ -200,7 +200,7 @@ def test_extraction_never_overwrites_an_existing_file(tmp_path):
     (tmp_path / "out" / "mine.txt").write_text("the user's")
     with pytest.raises(common.PrepError, match=r"cannot extract .*a.tar.gz: .*mine.txt already exists "
                                                r"\(extracting never overwrites a file\)"):
-        common.safe_extract(archive, tmp_path / "out")
+        archives.safe_extract(archive, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["mine.txt"]
     assert (tmp_path / "out" / "mine.txt").read_text() == "the user's"
 
@@ -222,7 +222,7 @@ def test_preparation_with_a_lowered_limit_is_one_line(tmp_path, monkeypatch, cap
         cifar_fs.main(["--root", str(tmp_path / "data"), "--max-extract-mb", "0"])
     assert e.value.code == 2
     assert "argument --max-extract-mb: must be a positive number of MB, got 0" in capsys.readouterr().err
-    assert cifar100.EXTRACT_LIMIT.total >= 2 * 187 * common.MB  # the real archive's 187 MB, twice
+    assert cifar100.EXTRACT_LIMIT.total >= 2 * 187 * archives.MB  # the real archive's 187 MB, twice
 
 
 # ---------------------------------------------- member names that leave the folder, end to end
@@ -243,7 +243,7 @@ def assert_refused_and_nothing_written(tmp_path, archive, name):
     dest = tmp_path / "work" / "out"
     before = files_under(tmp_path)
     with pytest.raises(common.PrepError) as e:
-        common.safe_extract(archive, dest)
+        archives.safe_extract(archive, dest)
     assert f"{archive} holds a member outside its folder" in str(e.value)
     assert repr(name) in str(e.value) or repr("../" + name) in str(e.value), "the member is named"
     assert list(dest.iterdir()) == []
@@ -277,7 +277,7 @@ def test_tar_member_through_a_link_already_in_the_folder_is_refused(tmp_path):
     (dest / "link").symlink_to(outside, target_is_directory=True)
     archive = tar_with(tmp_path / "a.tar.gz", (dict(name="link/evil.txt"), b"evil"))
     with pytest.raises(common.PrepError, match=re.escape("holds a member outside its folder ('../link/evil.txt')")):
-        common.safe_extract(archive, dest)
+        archives.safe_extract(archive, dest)
     assert list(outside.iterdir()) == []
 
 
@@ -293,5 +293,5 @@ def test_zip_member_through_a_link_already_in_the_folder_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("link/evil.txt", b"evil")
     with pytest.raises(common.PrepError, match=re.escape("holds a member outside its folder ('../link/evil.txt')")):
-        common.safe_extract(archive, dest)
+        archives.safe_extract(archive, dest)
     assert list(outside.iterdir()) == []

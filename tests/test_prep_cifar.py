@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from anil.data import DatasetError, load_split
-from data_prep import cifar100, cifar_fs, common, fc100
+from data_prep import archives, cifar100, cifar_fs, common, fc100
 from prep_fixtures import COARSE, COARSE_OF, FINE, cifar_pixel, make_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_fc100_superclass_split(archive, fixture_md5, tmp_path):
 
 
 def test_extracted_folder_is_accepted_and_file_checksums_checked(archive, tmp_path, monkeypatch):
-    common.safe_extract(archive, tmp_path / "raw")
+    archives.safe_extract(archive, tmp_path / "raw")
     folder = tmp_path / "raw" / cifar100.FOLDER
     for f in ("train", "test", "meta"):
         monkeypatch.setitem(cifar100.MD5, f, common.md5sum(folder / f))

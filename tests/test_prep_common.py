@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import common
+from data_prep import archives, common, pickles
 
 
 # ----------------------------------------------------------------------------- split lists
@@ -59,20 +59,20 @@ PLAIN = ["a.png", "top/sub/file.bin", "images_background/Latin/character01/0001_
 @pytest.mark.parametrize("name", ESCAPING)
 def test_member_names_outside_the_folder_are_refused(name):
     with pytest.raises(common.PrepError) as e:
-        common._check_member(ARCHIVE, name)
+        archives._check_member(ARCHIVE, name)
     assert f"{ARCHIVE} holds a member outside its folder ({name!r})" in str(e.value)
 
 
 @pytest.mark.parametrize("name", PLAIN)
 def test_plain_relative_member_names_are_accepted(name):
-    assert common._check_member(ARCHIVE, name) is None
+    assert archives._check_member(ARCHIVE, name) is None
 
 
 def test_links_and_special_files_are_refused_whatever_their_name():
     with pytest.raises(common.PrepError, match=re.escape("holds a link ('ok.txt')")):
-        common._check_member(ARCHIVE, "ok.txt", is_link=True)
+        archives._check_member(ARCHIVE, "ok.txt", is_link=True)
     with pytest.raises(common.PrepError, match=re.escape("holds a special file ('ok.txt')")):
-        common._check_member(ARCHIVE, "ok.txt", is_special=True)
+        archives._check_member(ARCHIVE, "ok.txt", is_special=True)
 
 
 # ------------------------------------------------------------------------------- downloads
@@ -118,4 +118,4 @@ def test_a_pickle_naming_any_other_global_is_refused(tmp_path, module, name):
     path = tmp_path / "x.pkl"
     path.write_bytes(b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n.")
     with pytest.raises(common.PrepError, match=re.escape(f"not a plain data pickle (it refers to {module}.{name})")):
-        common.safe_load_pickle(path, "get a clean copy")
+        pickles.safe_load_pickle(path, "get a clean copy")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anil.data import load_split
-from data_prep import common, mini_imagenet
+from data_prep import common, mini_imagenet, pickles
 from prep_fixtures import mini_imagenet_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def wnids(split):
 
 
 @pytest.fixture(scope="module")
-def pickles(tmp_path_factory):
+def cache_pickles(tmp_path_factory):
     """The three cache pickles in the real layout (3 images per class), the validation one under
     learn2learn's name, written with numpy 2 (protocol 4) and Python-2-compatible protocol 2."""
     folder = tmp_path_factory.mktemp("mini")
@@ -33,8 +33,8 @@ def pickles(tmp_path_factory):
     return folder, data
 
 
-def test_classes_shapes_and_images(pickles, tmp_path):
-    folder, data = pickles
+def test_classes_shapes_and_images(cache_pickles, tmp_path):
+    folder, data = cache_pickles
     assert common.run_cli(mini_imagenet.main, ["--root", str(tmp_path), "--source", str(folder)]) == 0
     for split, size in SIZES.items():
         s = load_split(tmp_path / "mini-imagenet", split)
@@ -47,8 +47,8 @@ def test_classes_shapes_and_images(pickles, tmp_path):
             assert (block[:, 83, 0] == [255, 0, 0]).all()  # bottom-left red: orientation and RGB
 
 
-def test_a_pickle_that_runs_code_is_refused(pickles, tmp_path):
-    folder, _ = pickles
+def test_a_pickle_that_runs_code_is_refused(cache_pickles, tmp_path):
+    folder, _ = cache_pickles
     evil = tmp_path / "evil"
     evil.mkdir()
     for f in folder.iterdir():
@@ -69,8 +69,8 @@ def test_a_pickle_that_runs_code_is_refused(pickles, tmp_path):
     assert not (tmp_path / "data" / "mini-imagenet").exists()
 
 
-def test_an_html_page_saved_as_pkl_is_named_as_such(pickles, tmp_path):
-    folder, _ = pickles
+def test_an_html_page_saved_as_pkl_is_named_as_such(cache_pickles, tmp_path):
+    folder, _ = cache_pickles
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in folder.iterdir():
@@ -88,8 +88,8 @@ def test_an_html_page_saved_as_pkl_is_named_as_such(pickles, tmp_path):
     assert not (tmp_path / "data" / "mini-imagenet").exists()
 
 
-def test_truncated_and_wrong_split_pickles(pickles, tmp_path):
-    folder, _ = pickles
+def test_truncated_and_wrong_split_pickles(cache_pickles, tmp_path):
+    folder, _ = cache_pickles
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in folder.iterdir():
@@ -111,8 +111,8 @@ def test_truncated_and_wrong_split_pickles(pickles, tmp_path):
     assert not (tmp_path / "data" / "mini-imagenet").exists()
 
 
-def test_tarball_source_and_val_name(pickles, tmp_path):
-    folder, _ = pickles
+def test_tarball_source_and_val_name(cache_pickles, tmp_path):
+    folder, _ = cache_pickles
     tarball = tmp_path / "pickles.tar.gz"
     with tarfile.open(tarball, "w:gz") as tf:
         for split in ("train", "test"):
@@ -129,19 +129,19 @@ def test_restricted_unpickler_still_reads_numpy_and_containers(tmp_path):
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         f = tmp_path / f"p{protocol}.pkl"
         f.write_bytes(pickle.dumps(value, protocol=protocol))
-        loaded = common.safe_load_pickle(f, "try again")
+        loaded = pickles.safe_load_pickle(f, "try again")
         assert np.array_equal(loaded["a"], value["a"]) and loaded["a"].dtype == np.int16
         assert {k: v for k, v in loaded.items() if k != "a"} == {k: v for k, v in value.items() if k != "a"}
     # A numpy 1 pickle names numpy.core.multiarray; it must load under numpy 2 as well.
     old = pickle.dumps(np.arange(3, dtype=np.uint8), protocol=2).replace(b"numpy._core", b"numpy.core")
     (tmp_path / "old.pkl").write_bytes(old)
-    assert common.safe_load_pickle(tmp_path / "old.pkl", "").tolist() == [0, 1, 2]
+    assert pickles.safe_load_pickle(tmp_path / "old.pkl", "").tolist() == [0, 1, 2]
 
 
 def reconstruct_spy(monkeypatch):
     """Record every array numpy is asked to allocate by the unpickler's _reconstruct."""
     calls = []
-    real = common._multiarray
+    real = pickles._multiarray
 
     class Spy:
         scalar = real.scalar
@@ -150,7 +150,7 @@ def reconstruct_spy(monkeypatch):
         def _reconstruct(subtype, shape, dtype):
             calls.append(shape)
             return real._reconstruct(subtype, shape, dtype)
-    monkeypatch.setattr(common, "_multiarray", Spy)
+    monkeypatch.setattr(pickles, "_multiarray", Spy)
     return calls
 
 
@@ -163,14 +163,14 @@ def test_a_pickle_asking_for_a_huge_array_is_refused_before_numpy_allocates(tmp_
     f.write_bytes(data.replace(b"K\x00\x85", b"J\xff\xff\xff\x7fK\x04\x86"))
     calls = reconstruct_spy(monkeypatch)
     with pytest.raises(common.PrepError) as e:
-        common.safe_load_pickle(f, "get it again")
+        pickles.safe_load_pickle(f, "get it again")
     assert str(e.value).startswith(
         f"{f} asks for arrays larger than the file itself (one of shape (2147483647, 4) int8, "
         f"8,589,934,588 bytes, from a file of {f.stat().st_size:,} bytes;")
     assert str(e.value).endswith("it is corrupt or made to exhaust memory; delete it and get it again")
     assert calls == []  # refused before numpy was asked
     f.write_bytes(data)
-    assert common.safe_load_pickle(f, "").shape == (1000, 1000) and calls == [(0,)]
+    assert pickles.safe_load_pickle(f, "").shape == (1000, 1000) and calls == [(0,)]
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -183,7 +183,7 @@ def test_an_array_larger_than_its_stored_bytes_is_refused(tmp_path, protocol):
     f.write_bytes(data.replace(b"M\xe8\x03M\xe8\x03", b"M\xff\xffM\xff\xff"))
     with pytest.raises(common.PrepError, match=r"lie.pkl asks for arrays larger than the file itself \(one "
                                                r"of shape \(65535, 65535\) uint8, 4,294,836,225 bytes"):
-        common.safe_load_pickle(f, "")
+        pickles.safe_load_pickle(f, "")
 
 
 class SharedBytes:
@@ -203,11 +203,11 @@ def test_one_stored_buffer_cannot_make_many_arrays(tmp_path):
     raw = bytes(100_000)
     f = tmp_path / "memo.pkl"
     f.write_bytes(pickle.dumps([SharedBytes(raw)], protocol=2))
-    assert common.safe_load_pickle(f, "")[0].nbytes == len(raw)
+    assert pickles.safe_load_pickle(f, "")[0].nbytes == len(raw)
     f.write_bytes(pickle.dumps([SharedBytes(raw) for _ in range(6)], protocol=2))
     assert f.stat().st_size < 2 * len(raw)  # the 100 KB are stored once
     with pytest.raises(common.PrepError, match="asks for arrays larger than the file itself"):
-        common.safe_load_pickle(f, "")
+        pickles.safe_load_pickle(f, "")
 
 
 @pytest.mark.parametrize("value,why", [
@@ -220,7 +220,7 @@ def test_object_arrays_are_refused(tmp_path, value, why):
         f = tmp_path / "objects.pkl"
         f.write_bytes(pickle.dumps(value, protocol=protocol))
         with pytest.raises(common.PrepError, match=why):
-            common.safe_load_pickle(f, "")
+            pickles.safe_load_pickle(f, "")
 
 
 @pytest.mark.parametrize("data,why", [
@@ -233,4 +233,4 @@ def test_other_uses_of_the_allowed_globals_are_refused(tmp_path, data, why):
     f = tmp_path / "odd.pkl"
     f.write_bytes(data)
     with pytest.raises(common.PrepError, match=rf"odd.pkl is not a plain data pickle \({why}"):
-        common.safe_load_pickle(f, "")
+        pickles.safe_load_pickle(f, "")

@@ -287,48 +287,56 @@ mutant("common/splits-checked-separately", F,
        "    for split, names in splits.items():\n        twice",
        "    for split, names in splits.items():\n        seen = {}\n        twice",
        "the class-to-split record is reset per split: a class in two splits passes", GUARDS)
-mutant("common/drive-letter", F,
-       ' or (path.parts and ":" in path.parts[0])',
-       "",
-       "Windows drive names (C:evil, C:/x) accepted", GUARDS)
-mutant("common/backslash", F,
-       'PurePosixPath(name.replace("\\\\", "/"))',
-       "PurePosixPath(name)",
-       "backslash separators not normalised: ..\\up accepted", GUARDS)
-mutant("common/leading-dotdot-only", F,
-       '".." in path.parts',
-       'path.parts[:1] == ("..",)',
-       "only a leading .. refused: a/../../up accepted", GUARDS)
-mutant("common/dotdot-substring", F,
-       '".." in path.parts',
-       '".." in name',
-       "any name containing '..' refused (a..b/c is a plain file)", GUARDS)
-mutant("common/absolute", F,
-       "if path.is_absolute() or ",
-       "if ",
-       "absolute member names accepted", GUARDS)
-mutant("common/tar-resolve", F,
-       '        if not (root / m.name).resolve().is_relative_to(root):\n'
-       '            _check_member(archive, "../" + m.name)\n',
-       "",
-       "tar members not checked to resolve inside dest (a link already there)", GUARDS)
-mutant("common/hard-links", F,
-       "is_link=m.issym() or m.islnk()",
-       "is_link=m.issym()",
-       "tar hard links not named as links", GUARDS)
-mutant("common/zip-link-mode", F,
-       "is_link=(mode & 0o170000) == 0o120000",
-       "is_link=mode == 0o120000",
-       "zip symlinks detected only with mode exactly 0o120000", GUARDS)
 mutant("common/download-trusts-existing", F,
        "if dest.is_file() and (md5 is None or md5sum(dest) == md5):",
        "if dest.is_file():",
        "an existing download is reused without checking its md5", GUARDS)
-mutant("common/unpickler-falls-back", F,
+
+# ----------------------------------------------------------------------- data_prep/archives.py
+F = "data_prep/archives.py"
+
+mutant("archives/drive-letter", F,
+       ' or (path.parts and ":" in path.parts[0])',
+       "",
+       "Windows drive names (C:evil, C:/x) accepted", GUARDS)
+mutant("archives/backslash", F,
+       'PurePosixPath(name.replace("\\\\", "/"))',
+       "PurePosixPath(name)",
+       "backslash separators not normalised: ..\\up accepted", GUARDS)
+mutant("archives/leading-dotdot-only", F,
+       '".." in path.parts',
+       'path.parts[:1] == ("..",)',
+       "only a leading .. refused: a/../../up accepted", GUARDS)
+mutant("archives/dotdot-substring", F,
+       '".." in path.parts',
+       '".." in name',
+       "any name containing '..' refused (a..b/c is a plain file)", GUARDS)
+mutant("archives/absolute", F,
+       "if path.is_absolute() or ",
+       "if ",
+       "absolute member names accepted", GUARDS)
+mutant("archives/tar-resolve", F,
+       '        if not (root / m.name).resolve().is_relative_to(root):\n'
+       '            _check_member(archive, "../" + m.name)\n',
+       "",
+       "tar members not checked to resolve inside dest (a link already there)", GUARDS)
+mutant("archives/hard-links", F,
+       "is_link=m.issym() or m.islnk()",
+       "is_link=m.issym()",
+       "tar hard links not named as links", GUARDS)
+mutant("archives/zip-link-mode", F,
+       "is_link=(mode & 0o170000) == 0o120000",
+       "is_link=mode == 0o120000",
+       "zip symlinks detected only with mode exactly 0o120000", GUARDS)
+
+# ------------------------------------------------------------------------ data_prep/pickles.py
+F = "data_prep/pickles.py"
+
+mutant("pickles/unpickler-falls-back", F,
        'raise _NotPlain(f"it refers to {module}.{name}")',
        "return super().find_class(module, name)",
        "the safe unpickler falls back to the default lookup: any global allowed", GUARDS)
-mutant("common/unpickler-allows-numpy", F,
+mutant("pickles/unpickler-allows-numpy", F,
        "        if (module, name) not in SAFE_GLOBALS:\n",
        '        if module.startswith("numpy") and (module, name) not in SAFE_GLOBALS:\n'
        "            return super().find_class(module, name)\n"
@@ -421,20 +429,20 @@ mutant("checkpoint/differences-reversed", F,
        'f"{k}: {current.get(k, missing)!r} → {saved.get(k, missing)!r}"',
        "a changed setting reported as current -> saved", CHECKPOINT)
 
-# --------------------------------------------------------------- data_prep/common.py: size limits
-F = "data_prep/common.py"
+# ------------------------------------------------------------- data_prep/archives.py: size limits
+F = "data_prep/archives.py"
 
-mutant("common/zip-resolve", F,
+mutant("archives/zip-resolve", F,
        '                    if not target.resolve().is_relative_to(root):  # through a link in dest\n'
        '                        _check_member(archive, "../" + info.filename)\n',
        "",
        "zip members not checked to resolve inside dest (a link already there)", GUARDS)
-mutant("common/declared-member-size", F,
+mutant("archives/declared-member-size", F,
        "        if size > self.limit.member:\n            raise self._over(name, \"member\")\n"
        "        self.declared += size",
        "        self.declared += size",
        "a member's declared size is not checked against the per-member limit", GUARDS)
-mutant("common/copied-bytes-uncounted", F,
+mutant("archives/copied-bytes-uncounted", F,
        "        self.copied += block\n",
        "",
        "bytes copied are not counted against the whole archive's limit (a lying header passes)",

@@ -24,7 +24,6 @@ import argparse
 import fnmatch
 import importlib.util
 import os
-import re
 import shlex
 import shutil
 import signal
