@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from anil.data import describe_os_error
+from anil.run.cli import positive_int
 
 from .common import PrepError
 
@@ -61,15 +62,7 @@ def default_limit(archive: str | Path) -> ExtractLimit:
 
 def add_extract_limit_arg(parser: argparse.ArgumentParser, default: ExtractLimit) -> None:
     """``--max-extract-mb N``: raise (or lower) the limit to N MB, in total and per member."""
-    def megabytes(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text}")
-        return value
-    parser.add_argument("--max-extract-mb", type=megabytes, metavar="MB",
+    parser.add_argument("--max-extract-mb", type=positive_int, metavar="MB",
                         help=f"refuse archives that expand beyond MB megabytes (default "
                         f"{default.total // MB} in total, {default.member // MB} per member); raise "
                         f"it only for an archive you trust")

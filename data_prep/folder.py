@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from anil.data import SPLITS, DatasetError, read_meta, write_prepared
+from anil.run.cli import seed as seed_arg
 
 from .common import PrepError, run_cli
 from .images import IMAGE_EXTENSIONS, UNREADABLE, ImageReadError, Preprocess, is_image_name, read_image
@@ -359,7 +360,7 @@ def main(argv=None):
                         help="store 255 - x: dark drawings on light paper become bright on dark, like Omniglot")
     parser.add_argument("--split", type=fractions_arg, default=DEFAULT_SPLIT, metavar="TRAIN,VAL,TEST",
                         help="fractions of the classes per split (default 0.64,0.16,0.20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the class split (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the class split (default 0)")
     parser.add_argument("--min-images", type=min_images_arg, default=DEFAULT_MIN_IMAGES,
                         help="leave out classes with fewer readable images (default 2)")
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anil.data import DatasetError, describe_os_error, lock_dataset, read_meta, write_prepared
+from anil.run.cli import seed as seed_arg
 
 from .common import run_cli
 
@@ -169,14 +170,6 @@ def ensure(root=DEFAULT_ROOT, seed: int = 0, verbose: bool = True, wait: float =
     except OSError as e:
         raise DatasetError(f"cannot make the built-in dataset in {path}: {describe_os_error(e)}") from None
     return path
-
-
-def seed_arg(text: str) -> int:
-    """argparse type of ``--seed``: an integer in [0, 2**32)."""
-    try:
-        return check_seed(int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}") from None
 
 
 def main(argv=None):

@@ -67,6 +67,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from anil.data import DatasetError, write_prepared
+from anil.run.cli import seed as seed_arg
 
 from . import episodes
 from .archives import open_zip, safe_extract
@@ -404,7 +405,7 @@ def main(argv=None):
     parser.add_argument("--rotations", choices=["augment", "classes"], default="augment",
                         help="augment: per-task rotations by the sampler; classes: 3 rotated copies as "
                         "extra classes, written to <root>/omniglot-rot")
-    parser.add_argument("--seed", type=int, default=MAML_SEED, help="shuffle seed of the maml and lake splits")
+    parser.add_argument("--seed", type=seed_arg, default=MAML_SEED, help="shuffle seed of the maml and lake splits")
     parser.add_argument("--runs", action="store_true", help="prepare the 20 one-shot classification runs "
                         f"({RUNS_ARCHIVE}) as <root>/{RUNS_NAME} instead of a dataset")
     args = parser.parse_args(argv)

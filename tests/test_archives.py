@@ -221,7 +221,7 @@ def test_preparation_with_a_lowered_limit_is_one_line(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         cifar_fs.main(["--root", str(tmp_path / "data"), "--max-extract-mb", "0"])
     assert e.value.code == 2
-    assert "argument --max-extract-mb: must be a positive number of MB, got 0" in capsys.readouterr().err
+    assert "argument --max-extract-mb: must be a positive integer, got 0" in capsys.readouterr().err
     assert cifar100.EXTRACT_LIMIT.total >= 2 * 187 * archives.MB  # the real archive's 187 MB, twice
 
 

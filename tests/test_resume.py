@@ -20,12 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
+from anil import fast, train
 from anil.evaluation import evaluate
 from anil.run.metrics import best_validation, read_metrics
 from anil.sampler import split_seed
+from in_process import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
-from anil import fast, train  # noqa: E402  (the script, imported for in-process runs)
 
 ITERATIONS, LOG_EVERY, VAL_EVERY = 40, 3, 5
 TINY = ["--iterations", str(ITERATIONS), "--meta-batch", "2", "--hidden", "8", "--eval-tasks", "8",
@@ -170,17 +171,6 @@ def test_evaluate_a_saved_run_reproduces_its_final_test(runs, capsys, one_thread
     assert f"test accuracy {100 * summary['test_accuracy']:.2f} ± {100 * summary['test_ci95']:.2f}% " \
            f"(95% CI over 8 tasks" in out
     assert f"best.pt: iteration {summary['tested']['iteration']}" in out
-
-
-def in_process(argv, capsys):
-    """train.main(argv) in this process; returns (exit code, stdout, stderr)."""
-    try:
-        train.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_resume_with_changed_settings_is_refused_naming_them(runs, capsys):

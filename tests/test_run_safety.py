@@ -19,6 +19,7 @@ from anil import train
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.lock import this_host
 from anil.run.metrics import read_metrics
+from in_process import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -32,17 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def in_process(argv, capsys):
-    """train.main(argv) in this process; returns (exit code, stdout, stderr)."""
-    try:
-        train.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err):

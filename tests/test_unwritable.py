@@ -13,6 +13,7 @@ import pytest
 
 from anil.data import DatasetError, load_split
 from data_prep import cifar100, cifar_fs, common, fc100, glyphs, mini_imagenet, omniglot
+from data_prep import folder as folder_preparer
 from prep_fixtures import make_cifar100, make_omniglot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,16 +143,20 @@ def test_glyphs_command_into_a_read_only_root(make_read_only, capsys):
     assert "choose a folder you can write to" in err[0]
 
 
-@pytest.mark.parametrize("seed", ["-1", str(2 ** 32), "1.5", "x"])
-def test_glyphs_seed_must_lie_in_the_projects_range(seed, capsys):
+@pytest.mark.parametrize("seed, message", [("-1", "must lie in 0..4294967295, got -1"),
+                                           (str(2 ** 32), "must lie in 0..4294967295, got 4294967296"),
+                                           ("1.5", "must be an integer, got '1.5'"),
+                                           ("x", "must be an integer, got 'x'")])
+@pytest.mark.parametrize("main", [glyphs.main, folder_preparer.main, omniglot.main])
+def test_preparer_seeds_must_lie_in_the_projects_range(main, seed, message, capsys):
     with pytest.raises(SystemExit) as e:
-        glyphs.main(["--seed", seed])
+        main(["--seed", seed])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"{Path(sys.argv[0]).name}: error: argument --seed: must be an integer in [0, 2**32), got {seed!r}")
-    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
-        glyphs.generate(-1 if seed == "-1" else 2 ** 32, split=(1, 0, 0))
-    assert glyphs.seed_arg(str(2 ** 32 - 1)) == 2 ** 32 - 1
+        f"{Path(sys.argv[0]).name}: error: argument --seed: {message}")
+    if main is glyphs.main:
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+            glyphs.generate(-1 if seed == "-1" else 2 ** 32, split=(1, 0, 0))
 
 
 @pytest.fixture
