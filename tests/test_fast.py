@@ -252,7 +252,7 @@ def test_bfloat16_body_approximates_the_float32_meta_gradient():
         return z
     body32.zero_grad(set_to_none=True), head32.zero_grad(set_to_none=True)
     meta_gradient(body32, head32, images32, labels, alpha, steps, speed=speed,
-                            features_fn=features_fn)
+                  features_fn=features_fn)
     got = gradients(body32, head32)
     assert all(g.dtype == torch.float32 for g in got)
     assert all(dz.dtype == torch.bfloat16 for dz in fast_dz)  # the body did run in bf16

@@ -154,6 +154,63 @@ def list_mutants(mutants) -> int:
     return 1 if stale else 0
 
 
+def measure_baseline(scratch: Path, to_run: list, timeout: float | None) -> dict | None:
+    """Seconds each selection of tests takes unmutated; None (after saying why) if one fails."""
+    baseline = {}
+    for tests in dict.fromkeys(m.tests for m in to_run):
+        code, secs, out = run_pytest(scratch, tests, timeout or 1800)
+        if code != 0:
+            print(f"baseline: `pytest {tests}` does not pass without any mutant (exit {code}):\n"
+                  f"{out[-3000:]}", file=sys.stderr)
+            return None
+        baseline[tests] = secs
+        print(f"baseline  {fmt_seconds(secs):>7}  pytest {tests}", flush=True)
+    return baseline
+
+
+def run_mutant(scratch: Path, m, timeout: float) -> tuple[str, float, str]:
+    """Apply ``m`` to the scratch copy, run its tests, restore the file: (status, seconds, detail)."""
+    path = inside(scratch, m.file)
+    text = path.read_text(encoding="utf-8")
+    n = text.count(m.original)
+    if n != 1:
+        return "ERROR", 0.0, f"stale: the original text occurs {n} times in {m.file}"
+    path.write_text(text.replace(m.original, m.replacement), encoding="utf-8")
+    try:
+        code, secs, out = run_pytest(scratch, m.tests, timeout)
+    finally:
+        path.write_text(text, encoding="utf-8")
+    if path.read_text(encoding="utf-8") != text:
+        raise SystemExit(f"could not restore {path}")
+    if code is None:
+        status, detail = "TIMEOUT", f"no result after {fmt_seconds(timeout)}"
+    elif code in (1, 2):  # tests failed, or a collection error the mutant caused
+        status, detail = "KILLED", first_failure(out)
+    elif code == 0:
+        status, detail = "SURVIVED", m.description
+    else:
+        status, detail = "ERROR", f"pytest exit {code}: {first_failure(out)}"
+    if m.equivalent and status in ("KILLED", "TIMEOUT"):
+        status, detail = "ERROR", f"marked equivalent but killed: {detail}"
+    elif m.equivalent and status == "SURVIVED":
+        status, detail = "EQUIVALENT", f"ran, its tests pass: {m.equivalent}"
+    return status, secs, detail
+
+
+def report(counts: dict, check_equivalent: bool, total: float, baseline_time: float) -> int:
+    """Print the tally and the kill ratio; the exit status: 1 if a mutant survived or erred."""
+    killed = counts["KILLED"] + counts["TIMEOUT"]
+    judged = killed + counts["SURVIVED"]
+    print(f"\nkilled {killed} (of which {counts['TIMEOUT']} by timeout), survived {counts['SURVIVED']}, "
+          f"errors {counts['ERROR']}, equivalent {counts['EQUIVALENT']}"
+          + ("" if check_equivalent else " (not run)"))
+    if judged:
+        print(f"kill ratio {killed}/{judged} = {100 * killed / judged:.1f}% of the non-equivalent mutants")
+    print(f"total run time {fmt_seconds(total)} (baseline {fmt_seconds(baseline_time)}); "
+          f"{sys.executable}")
+    return 1 if counts["SURVIVED"] or counts["ERROR"] else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", metavar="PATTERN", help="mutants whose name or file contains PATTERN "
@@ -180,72 +237,26 @@ def main(argv=None) -> int:
     try:
         check_imports_come_from(scratch)
         to_run = [m for m in mutants if not m.equivalent or args.check_equivalent]
-
-        # Baseline: every selection passes unmutated, and how long it takes (for the timeout).
-        baseline = {}
-        for tests in dict.fromkeys(m.tests for m in to_run):
-            code, secs, out = run_pytest(scratch, tests, args.timeout or 1800)
-            if code != 0:
-                print(f"baseline: `pytest {tests}` does not pass without any mutant (exit {code}):\n"
-                      f"{out[-3000:]}", file=sys.stderr)
-                return 2
-            baseline[tests] = secs
-            print(f"baseline  {fmt_seconds(secs):>7}  pytest {tests}", flush=True)
+        baseline = measure_baseline(scratch, to_run, args.timeout)
+        if baseline is None:
+            return 2
         baseline_time = time.perf_counter() - start
-
         counts = dict.fromkeys(("KILLED", "TIMEOUT", "SURVIVED", "ERROR", "EQUIVALENT"), 0)
         for m in mutants:
             if m.equivalent and not args.check_equivalent:
-                counts["EQUIVALENT"] += 1
-                print(f"{'EQUIVALENT':<10} {m.name:<38}         {m.equivalent}", flush=True)
-                continue
-            path = inside(scratch, m.file)
-            text = path.read_text(encoding="utf-8")
-            n = text.count(m.original)
-            if n != 1:
-                counts["ERROR"] += 1
-                print(f"{'ERROR':<10} {m.name:<38}         stale: the original text occurs {n} times "
-                      f"in {m.file}", flush=True)
-                continue
-            path.write_text(text.replace(m.original, m.replacement), encoding="utf-8")
-            try:
-                timeout = args.timeout or max(60.0, 10 * baseline[m.tests])
-                code, secs, out = run_pytest(scratch, m.tests, timeout)
-            finally:
-                path.write_text(text, encoding="utf-8")
-            if path.read_text(encoding="utf-8") != text:
-                raise SystemExit(f"could not restore {path}")
-            if code is None:
-                status, detail = "TIMEOUT", f"no result after {fmt_seconds(timeout)}"
-            elif code in (1, 2):  # tests failed, or a collection error the mutant caused
-                status, detail = "KILLED", first_failure(out)
-            elif code == 0:
-                status, detail = "SURVIVED", m.description
+                status, secs, detail = "EQUIVALENT", None, m.equivalent
             else:
-                status, detail = "ERROR", f"pytest exit {code}: {first_failure(out)}"
-            if m.equivalent and status in ("KILLED", "TIMEOUT"):
-                status, detail = "ERROR", f"marked equivalent but killed: {detail}"
-            elif m.equivalent and status == "SURVIVED":
-                status, detail = "EQUIVALENT", f"ran, its tests pass: {m.equivalent}"
+                timeout = args.timeout or max(60.0, 10 * baseline[m.tests])
+                status, secs, detail = run_mutant(scratch, m, timeout)
             counts[status] += 1
-            print(f"{status:<10} {m.name:<38} {fmt_seconds(secs):>7}  {detail}", flush=True)
+            took = "" if secs is None else fmt_seconds(secs)
+            print(f"{status:<10} {m.name:<38} {took:>7}  {detail}", flush=True)
     finally:
         if args.keep:
             print(f"kept {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    killed = counts["KILLED"] + counts["TIMEOUT"]
-    judged = killed + counts["SURVIVED"]
-    total = time.perf_counter() - start
-    print(f"\nkilled {killed} (of which {counts['TIMEOUT']} by timeout), survived {counts['SURVIVED']}, "
-          f"errors {counts['ERROR']}, equivalent {counts['EQUIVALENT']}"
-          + ("" if args.check_equivalent else " (not run)"))
-    if judged:
-        print(f"kill ratio {killed}/{judged} = {100 * killed / judged:.1f}% of the non-equivalent mutants")
-    print(f"total run time {fmt_seconds(total)} (baseline {fmt_seconds(baseline_time)}); "
-          f"{sys.executable}")
-    return 1 if counts["SURVIVED"] or counts["ERROR"] else 0
+    return report(counts, args.check_equivalent, time.perf_counter() - start, baseline_time)
 
 
 if __name__ == "__main__":

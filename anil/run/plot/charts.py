@@ -124,28 +124,40 @@ def bar_figure(labels, groups: dict, title="", ylabel="", ylim=(0.0, 1.0), error
                 for yy in ys:
                     draw.line([(xc - cap, yy), (xc + cap, yy)], fill=TEXT, width=1)
             if value_format:
-                fmt = value_format
-                text = fmt.format(value=value, error=error or 0)
-                if _text_width(value_font, text) > bar + 8 or not error:  # value only
-                    fmt = re.sub(r"\s*±\s*\{error[^}]*\}", "", value_format)
-                    text = fmt.format(value=value, error=0)
+                text = _value_text(value_format, value, error, value_font, bar + 8)
                 texts.append((xc, value + (error or 0), value, text))
     if chance is not None and y0 <= chance <= y1:
         y = y_of(chance)
         for x in range(left, right, 12):
             draw.rectangle([x, y - 1, min(x + 7, right - 1), y], fill=CHANCE)
-    h = _text_height(value_font)
-    for xc, high, value, text in texts:
-        if y_of(high) - 4 - h >= top + 2:  # above the bar (and its error bar)
-            w = _text_width(value_font, text)
-            draw.rectangle([xc - w / 2 - 2, y_of(high) - 6 - h, xc + w / 2 + 2, y_of(high) - 3], fill="white")
-            _text(draw, (xc, y_of(high) - 4), text, value_font, TEXT, anchor="mb")
-        elif bottom - y_of(value) > h + 10:  # no room above: inside the bar's top
-            _text(draw, (xc, y_of(value) + 5), text, value_font, "white", anchor="mt")
+    _draw_value_texts(draw, texts, y_of, top, bottom, value_font)
     _frame(draw, axes, (), yticks, yfmt=tick_format, font=small)
     if ylabel:
         _vertical_text(image, (12 + _text_height(font) / 2, (top + bottom) / 2), ylabel, font)
     return Figure(image, {"main": axes}, boxes)
+
+
+
+def _value_text(value_format: str, value, error, font, room: float) -> str:
+    """The text over a bar: ``value_format`` with value and error, or the value alone when there
+    is no error or the whole text is wider than ``room``."""
+    text = value_format.format(value=value, error=error or 0)
+    if _text_width(font, text) > room or not error:
+        text = re.sub(r"\s*±\s*\{error[^}]*\}", "", value_format).format(value=value, error=0)
+    return text
+
+
+def _draw_value_texts(draw, texts, y_of, top: float, bottom: float, font) -> None:
+    """Each (x, top of bar and error bar, value, text): above the bar on a white backing, else
+    inside the bar's top when there is no room above, else nowhere."""
+    h = _text_height(font)
+    for xc, high, value, text in texts:
+        if y_of(high) - 4 - h >= top + 2:  # above the bar (and its error bar)
+            w = _text_width(font, text)
+            draw.rectangle([xc - w / 2 - 2, y_of(high) - 6 - h, xc + w / 2 + 2, y_of(high) - 3], fill="white")
+            _text(draw, (xc, y_of(high) - 4), text, font, TEXT, anchor="mb")
+        elif bottom - y_of(value) > h + 10:  # no room above: inside the bar's top
+            _text(draw, (xc, y_of(value) + 5), text, font, "white", anchor="mt")
 
 
 def bar_chart(path, labels, groups: dict, title="", ylabel="", ylim=(0.0, 1.0), errors=None,
