@@ -6,7 +6,7 @@ on a code host without being run.
 
 No Jupyter is needed. Each code cell runs with its printed output captured; a picture shown with
 ``display(Image(filename=...))`` is saved as an ``image/png`` output, as Jupyter saves it (a stand-in
-``IPython.display`` module does that while the cells run here). ``tests/test_notebook.py`` runs the
+``IPython.display`` module does that while the cells run here). ``tests/docs/test_notebook.py`` runs the
 saved notebook's code cells again and checks that they match the cells written here.
 """
 

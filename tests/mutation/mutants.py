@@ -46,17 +46,17 @@ def mutant(name, file, original, replacement, description, tests, equivalent=Non
 
 
 # Test selections shared by several mutants (the fastest tests that state the property).
-SAMPLER = "tests/test_sampler.py"
-MODEL = "tests/test_model.py"
-DATA = "tests/test_data.py"
-NIL = "tests/test_analysis.py -k nil"
-CKA = "tests/test_analysis.py -k cka"
-MAML = "tests/test_maml.py"
-CI95 = "tests/test_statistics.py"
-GUARDS = "tests/test_prep_common.py tests/test_archives.py"
-CIFAR = "tests/test_prep_cifar.py -k 'not train_py'"
-OMNIGLOT = "tests/test_prep_omniglot.py"
-CHECKPOINT = "tests/test_checkpoint.py -k 'not fingerprint'"
+SAMPLER = "tests/method/test_sampler.py"
+MODEL = "tests/method/test_model.py"
+DATA = "tests/method/test_data.py"
+NIL = "tests/paper/test_analysis.py -k nil"
+CKA = "tests/paper/test_analysis.py -k cka"
+MAML = "tests/paper/test_maml.py"
+CI95 = "tests/method/test_statistics.py"
+GUARDS = "tests/data/test_prep_common.py tests/data/test_archives.py"
+CIFAR = "tests/data/test_prep_cifar.py -k 'not train_py'"
+OMNIGLOT = "tests/data/test_prep_omniglot.py"
+CHECKPOINT = "tests/runs/test_checkpoint.py -k 'not fingerprint'"
 
 
 # ------------------------------------------------------------------------------ anil/sampler.py
@@ -451,13 +451,13 @@ mutant("archives/copied-bytes-uncounted", F,
 # ============================================================================================
 # The core modules: the algorithm, the fast path, evaluation, distributed training, the loop.
 # ============================================================================================
-MATH = "tests/test_math.py"
-FAST_GRAD = ("tests/test_fast.py -k 'reference_meta_gradient or head_loop or batch_norm_statistics "
+MATH = "tests/method/test_math.py"
+FAST_GRAD = ("tests/method/test_fast.py -k 'reference_meta_gradient or head_loop or batch_norm_statistics "
              "or after_adam or accumulates or float32_precision'")
-FAST_EVAL = "tests/test_fast.py -k 'task_accuracies or accuracies_of or episode'"
-DIST_UNIT = "tests/test_distributed.py -k 'without_a_group or stand_in or divide'"  # no processes
-DIST = "tests/test_distributed.py -k 'train_like_one or sharded'"  # 2 spawned processes
-LOOP = "tests/test_train_loop.py"  # TrainState, RunFolder, end_of_iteration, in milliseconds
+FAST_EVAL = "tests/method/test_fast.py -k 'task_accuracies or accuracies_of or episode'"
+DIST_UNIT = "tests/runs/test_distributed.py -k 'without_a_group or stand_in or divide'"  # no processes
+DIST = "tests/runs/test_distributed.py -k 'train_like_one or sharded'"  # 2 spawned processes
+LOOP = "tests/runs/test_train_loop.py"  # TrainState, RunFolder, end_of_iteration, in milliseconds
 
 # ---------------------------------------------------------------------------- anil/algorithm.py
 F = "anil/algorithm.py"
@@ -596,7 +596,7 @@ mutant("fast/autocast-float32", F,
 mutant("fast/autocast-float16", F,
        "return torch.autocast(images.device.type, dtype=torch.bfloat16)",
        "return torch.autocast(images.device.type, dtype=torch.float16)",
-       "--precision bfloat16 autocasts to float16", "tests/test_fast.py -k bfloat16")
+       "--precision bfloat16 autocasts to float16", "tests/method/test_fast.py -k bfloat16")
 mutant("fast/in-dims-query-labels", F,
        "in_dims=(None, None, 0, 0, 0, 0, None, None, None)",
        "in_dims=(None, None, 0, 0, 0, None, None, None, None)",
@@ -668,11 +668,11 @@ mutant("fast/train-step-no-average", F,
 mutant("fast/default-gpu-per-task-body", F,
        'return Speed(strategy="vmap", batch_body=True, channels_last=True, head_loop=head_loop)',
        'return Speed(strategy="vmap", batch_body=False, channels_last=True, head_loop=head_loop)',
-       "the GPU default runs the body task by task", "tests/test_fast.py -k default_speeds")
+       "the GPU default runs the body task by task", "tests/method/test_fast.py -k default_speeds")
 mutant("fast/default-ignores-head-loop", F,
        'return Speed(strategy="chunk", chunk_size=8, channels_last=True, head_loop=head_loop)',
        'return Speed(strategy="chunk", chunk_size=8, channels_last=True)',
-       "the CPU default speed drops the requested head loop", "tests/test_fast.py -k default_speeds")
+       "the CPU default speed drops the requested head loop", "tests/method/test_fast.py -k default_speeds")
 
 # ---------------------------------------------------------------------------- anil/evaluation.py
 F = "anil/evaluation.py"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_prep import glyphs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--iterations", "3", "--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4",
         "--val-tasks", "4", "--val-every", "2", "--log-every", "1"]

@@ -12,7 +12,7 @@ from anil.data import load_split
 from data_prep import common, mini_imagenet, pickles
 from prep_fixtures import mini_imagenet_pickle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = {"train": 64, "val": 16, "test": 20}
 
 

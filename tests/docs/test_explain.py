@@ -16,22 +16,18 @@ from anil.model import ConvBody, make_head
 from anil.run import checkpoint, plot
 from anil.run.checkpoint import load_run
 from anil.sampler import TaskSampler, split_seed, support_query
+from tiny import tiny_problem
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
+TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "tutorial.md"
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]\d+)?")
 
 
 def tiny_task(seed=0, ways=3, shots=2, dtype=torch.float64):
-    """A small body (2 blocks of 4 filters on 12x12 images) and one random task."""
-    torch.manual_seed(seed)
-    body = ConvBody(1, 12, hidden=4, depth=2).to(dtype)
-    head = make_head(body.feature_dim, ways).to(dtype)
-    with torch.no_grad():
-        head.bias.normal_()  # so that no term vanishes by symmetry
-    images = torch.rand(2 * ways * shots, 1, 12, 12, dtype=dtype)
-    labels = torch.arange(ways).repeat_interleave(2 * shots)
-    return body, head, images, labels
+    """The shared tiny problem (tests/tiny.py) with one task of 12×12 one-channel images."""
+    body, head, images, labels = tiny_problem(seed, ways, shots, tasks=1, dtype=dtype, channels=1,
+                                              size=12, hidden=4)
+    return body, head, images[0], labels[0]
 
 
 # ------------------------------------------------------------------------ the numbers, in-process

@@ -11,7 +11,7 @@ from PIL import Image
 
 from anil.paper import analysis, compare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # One thread: tiny tensors gain nothing from more, and a busy machine makes them much slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -11,7 +11,7 @@ from anil.data import DatasetError, load_split, read_meta
 from anil.run.lock import this_host
 from data_prep import glyphs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_deterministic_from_seed():

@@ -16,7 +16,7 @@ from data_prep import cifar100, cifar_fs, common, fc100, glyphs, mini_imagenet, 
 from data_prep import folder as folder_preparer
 from prep_fixtures import make_cifar100, make_omniglot
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

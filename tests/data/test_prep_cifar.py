@@ -10,7 +10,7 @@ from anil.data import DatasetError, load_split
 from data_prep import archives, cifar100, cifar_fs, common, fc100
 from prep_fixtures import COARSE, COARSE_OF, FINE, cifar_pixel, make_cifar100
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
 
 

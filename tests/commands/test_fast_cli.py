@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_train(*args):
@@ -32,7 +32,7 @@ def test_fast_default_and_reference_strategy_train_identically(glyph_root, tmp_p
     # rounding. After that, Adam's first steps are ±lr whatever the gradient's size, so the conv
     # biases (true gradient 0: batch norm cancels them; measured ~1e-5 relative agreement of all
     # other gradients) move by ±lr on rounding noise and the runs drift apart slowly; the exact
-    # equivalence is held in float64 by tests/test_fast.py.
+    # equivalence is held in float64 by tests/method/test_fast.py.
     ref = summaries["reference"]
     for name in ("fast", "vmap", "closed"):
         losses = [h["loss"] for h in summaries[name]["history"]]

@@ -15,7 +15,7 @@ from anil.data import load_split, read_meta
 from data_prep import common, folder, images
 from prep_fixtures import png_with_size
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 THIRDS = (0.34, 0.33, 0.33)  # one class per split from three classes
 
 

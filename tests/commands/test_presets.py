@@ -6,7 +6,7 @@ import pytest
 
 from anil.run.presets import PRESETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The published reference settings (docs/paper.md), written out again by hand: (ways, shots, image, channels, filters, meta-batch,
 # inner α, train steps, test steps, Adam β, iterations, per-task rotation).

@@ -12,7 +12,7 @@ from anil import train
 from anil.algorithm import adapt_head, head_loss
 from anil.run.checkpoint import load_run
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "python-api.md"
 
 
 def code_blocks():

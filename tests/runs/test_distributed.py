@@ -27,7 +27,7 @@ from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.sampler import TaskSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WAYS, SHOTS, META_BATCH, STEPS, EVAL_TASKS = 3, 2, 4, 3, 7  # 7 tasks: not divisible by 2 ranks
 
 

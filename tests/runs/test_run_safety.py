@@ -21,7 +21,7 @@ from anil.run.lock import this_host
 from anil.run.metrics import read_metrics
 from in_process import in_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4"]
 RUN_FILES = {"checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json"}

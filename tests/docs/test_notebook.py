@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "anil_tutorial.ipynb"
 BUDGET_S = 90  # measured: about 35 s on a 2-core CPU, plus about 20 s if data/glyphs is generated
 

@@ -11,7 +11,7 @@ import torch
 
 from anil.run import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def console_scripts():

@@ -26,7 +26,7 @@ from anil.run.metrics import best_validation, read_metrics
 from anil.sampler import split_seed
 from in_process import in_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ITERATIONS, LOG_EVERY, VAL_EVERY = 40, 3, 5
 TINY = ["--iterations", str(ITERATIONS), "--meta-batch", "2", "--hidden", "8", "--eval-tasks", "8",

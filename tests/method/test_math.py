@@ -8,22 +8,9 @@ from torch.func import functional_call, grad
 
 from anil.algorithm import adapt_and_score, adapt_head, cross_entropy, head_loss, meta_loss, task_loss
 from anil.model import ConvBody, make_head
+from tiny import central_differences, flat_params, tiny_problem as small_problem
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
-
-
-def small_problem(seed=0, ways=3, shots=2, tasks=2):
-    """A tiny body (2 blocks, 3 filters, 8×8 inputs) so that finite differences are cheap."""
-    torch.manual_seed(seed)
-    body = ConvBody(in_channels=2, image_size=8, hidden=3, depth=2).double()
-    head = make_head(body.feature_dim, ways).double()
-    with torch.no_grad():  # non-zero head and BN biases, so no term vanishes by symmetry
-        head.bias.normal_()
-        for block in body.blocks:
-            block.norm.bias.normal_(0, 0.3)
-    images = torch.randn(tasks, 2 * ways * shots, 2, 8, 8)
-    labels = torch.arange(ways).repeat_interleave(2 * shots).repeat(tasks, 1)
-    return body, head, images, labels
 
 
 def test_cross_entropy_is_the_mean_negative_log_likelihood():
@@ -63,28 +50,6 @@ def test_adapt_head_takes_plain_gradient_steps():
     adapted = adapt_head(head, dict(head.named_parameters()), z, y, alpha, steps=2)
     torch.testing.assert_close(adapted["weight"], w)
     torch.testing.assert_close(adapted["bias"], b)
-
-
-def flat_params(body, head):
-    return [*body.parameters(), *head.parameters()]
-
-
-def central_differences(f, params, eps=1e-6):
-    """∂f/∂p for every scalar entry of every parameter, by (f(p+ε) − f(p−ε)) / 2ε."""
-    grads = []
-    for p in params:
-        g = torch.zeros_like(p)
-        flat, gflat = p.data.view(-1), g.view(-1)
-        for i in range(flat.numel()):
-            old = flat[i].item()
-            flat[i] = old + eps
-            plus = f()
-            flat[i] = old - eps
-            minus = f()
-            flat[i] = old
-            gflat[i] = (plus - minus) / (2 * eps)
-        grads.append(g)
-    return grads
 
 
 @pytest.mark.parametrize("steps", [1, 3])

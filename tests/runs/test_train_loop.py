@@ -2,7 +2,7 @@
 (``TrainState``), the run folder's rules (``RunFolder``, ``fresh_name``), the metrics log, and
 train.py's ``end_of_iteration`` (when to validate, log and checkpoint) and ``use_test_weights``.
 
-tests/test_resume.py and tests/test_run_safety.py check the same rules end to end with real
+tests/runs/test_resume.py and tests/runs/test_run_safety.py check the same rules end to end with real
 runs; these state each rule directly, in milliseconds.
 """
 

@@ -12,7 +12,7 @@ import pytest
 
 from anil.run.lock import FolderLock, LockError, read_holder, this_host
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dead_pid() -> int:

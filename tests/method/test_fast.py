@@ -18,6 +18,7 @@ from anil.fast import (HEAD_LOOPS, Speed, batched_features, default_speed, featu
                        head_gradients, meta_gradient, train_step)
 from anil.model import ConvBody, make_head
 from anil.sampler import TaskSampler
+from tiny import tiny_problem
 
 SPEEDS = [
     Speed("task"),
@@ -37,22 +38,7 @@ class OtherHead(nn.Linear):
 
 
 def problem(seed=0, ways=3, shots=2, tasks=5, dtype=torch.float64, head_cls=None):
-    torch.manual_seed(seed)
-    body = ConvBody(in_channels=2, image_size=8, hidden=3, depth=2).to(dtype)
-    head = make_head(body.feature_dim, ways).to(dtype)
-    if head_cls is not None:
-        other = head_cls(body.feature_dim, ways).to(dtype)
-        other.load_state_dict(head.state_dict())
-        head = other
-    with torch.no_grad():  # non-zero biases so that no term vanishes by symmetry
-        head.bias.normal_()
-        for block in body.blocks:
-            block.norm.bias.normal_(0, 0.3)
-    images = torch.randn(tasks, 2 * ways * shots, 2, 8, 8, dtype=dtype)
-    labels = torch.arange(ways).repeat_interleave(2 * shots).repeat(tasks, 1)
-    # Tasks with different statistics, so per-task batch norm differs from whole-batch.
-    images = images * torch.linspace(0.5, 2.0, tasks, dtype=dtype).view(-1, 1, 1, 1, 1)
-    return body, head, images, labels
+    return tiny_problem(seed, ways, shots, tasks, dtype, head_cls)
 
 
 def gradients(body, head):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from anil import algorithm
 from anil.paper import maml
 from anil.evaluation import task_accuracies
-from test_math import central_differences, flat_params, small_problem
+from tiny import central_differences, flat_params, tiny_problem as small_problem
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
