@@ -40,6 +40,7 @@ from anil.run.cli import dataset_name, dataset_path, fail, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
+from anil.run.results import ResultsError, write_results
 from anil.run.state import NonFiniteLoss, TrainState
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
@@ -144,6 +145,11 @@ def train(args, resumed=None):
         run.folder.write_summary(summary)
         if ctx.is_main:
             print(f"wrote {', '.join(run.folder.written())} in {args.out}")
+            if getattr(args, "results", None):  # the figures docs/ quote (anil/run/results.py)
+                try:
+                    print(f"wrote {write_results(args.results, summary, device)}")
+                except ResultsError as e:
+                    fail(str(e))
     distributed.teardown(ctx)
     return summary
 

@@ -33,6 +33,7 @@ from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, datas
                           positive_int, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
+from anil.run.results import ResultsError, write_results
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the named datasets (default: the one it was trained with)")
     p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("--results", type=Path, default=None, metavar="FILE",
+                   help="also write the figures, with this command line, versions, date and "
+                        "device, to FILE (e.g. docs/results/analysis.json, which docs/ quotes)")
     add_device_options(p, speed=False, head_loop=False)
     return p
 
@@ -138,9 +142,13 @@ def main(argv=None):
     names = (f"{stem}-freezing.png", f"{stem}-cka.png", f"{stem}-analysis.json")
     try:
         with RunFolder(out, names=names).open(resuming=True) as folder:  # its outputs are derived
-            return analyse(body, head, test, config, algorithm, args, folder, names, device)
-    except RunFolderError as e:
+            result = analyse(body, head, test, config, algorithm, args, folder, names, device)
+        if args.results is not None:
+            write_results(args.results, result, device)
+            print(f"wrote {args.results}")
+    except (RunFolderError, ResultsError) as e:
         fail(str(e))
+    return result
 
 
 def analyse(body, head, test, config, algorithm, args, folder, names, device):

@@ -85,11 +85,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def preset_values(key: str) -> str:
+def preset_values(key: str, overrides: dict | None = None) -> str:
     """'5 for glyphs, mini-imagenet, ...; 20 for omniglot, omniglot-rot': a preset option's value
-    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset)."""
+    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset).
+    ``overrides`` ({dataset: {key: value}}): a command's own values that replace the preset's."""
     by_value = {}
     for name, values in PRESETS.items():
+        values = {**values, **(overrides or {}).get(name, {})}
         by_value.setdefault(values[key], []).append(name)
     by_value.setdefault(OWN_DATA[key], []).append("--data")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
@@ -100,9 +102,10 @@ def _preset_option(group, flag, key, text, **kwargs):
     group.add_argument(flag, default=None, help=f"{text} (preset: {preset_values(key)})", **kwargs)
 
 
-def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
+def add_task_options(p: argparse.ArgumentParser, iterations_type=None, overrides=None):
     """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``.
-    Those marked (preset) default to None and are filled in by ``apply_preset``."""
+    Those marked (preset) default to None and are filled in by ``apply_preset``; ``overrides``
+    ({dataset: {key: value}}: values a command applies instead of the preset's) go into the help."""
     task = p.add_argument_group("dataset and task")
     task.add_argument("--dataset", default=None, choices=sorted(PRESETS),
                       help="a named dataset (default: glyphs); its preset sets every default "
@@ -133,6 +136,10 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     algo.add_argument("--first-order", action="store_true",
                       help="first-order ANIL: inner gradients treated as constants")
     _preset_option(algo, "--hidden", "hidden", "conv filters per block", type=positive_int)
+    for action in p._actions if overrides else ():  # the help shows the values that will run
+        key = action.dest
+        if "(preset: " in (action.help or "") and any(key in o for o in overrides.values()):
+            action.help = action.help.split(" (preset: ")[0] + f" (preset: {preset_values(key, overrides)})"
     return task
 
 

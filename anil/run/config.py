@@ -24,7 +24,7 @@ from anil.run.folder import fresh_name
 # they may differ when resuming. Every other option must match the interrupted run.
 FREE_ON_RESUME = {"data_root", "device", "threads", "out", "eval_tasks", "log_every",
                   "checkpoint_every", "test_weights", "dist_timeout"}
-COMMANDS = {"resume", "allow_config_change", "overwrite"}  # what to do, not settings of the run
+COMMANDS = {"resume", "allow_config_change", "overwrite", "results"}  # what to do, not settings of the run
 PATHS = {"data_root", "out", "data"}
 
 EXAMPLES = """examples:
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the run in --out (default: refuse to touch it)")
     run.add_argument("--resume", type=Path, default=None, metavar="DIR",
                      help="continue the interrupted run in DIR with its saved settings")
+    run.add_argument("--results", type=Path, default=None, metavar="FILE",
+                     help="also write the test figures, with this command line, versions, date "
+                          "and device, to FILE (e.g. docs/results/train.json, which docs/ quotes)")
     run.add_argument("--allow-config-change", action="store_true",
                      help="with --resume: accept options that differ from the saved run "
                           "(no longer bit-exact)")
