@@ -115,7 +115,9 @@ outer loop, a far cheaper inner loop ([MAML, NIL and CKA](../docs/design.md#maml
 md(r"""
 ## 3. Results
 
-The paper's Table 2 (test accuracy, %, mean ± 95% confidence interval):
+<!-- quoted: Raghu et al. 2020, Table 2 and the reported speed-up -->
+The paper's Table 2 (test accuracy, %; the paper's "±" is the "mean and standard deviation of
+performance over three random initializations", a spread between training runs):
 
 | method | Omniglot 20-way 1-shot | Omniglot 20-way 5-shot | mini-ImageNet 5-way 1-shot | mini-ImageNet 5-way 5-shot |
 |---|---|---|---|---|
@@ -124,12 +126,22 @@ The paper's Table 2 (test accuracy, %, mean ± 95% confidence interval):
 
 with ANIL 1.7× faster than MAML per training iteration and 4.1× at inference. ANIL matches
 MAML's accuracy for a fraction of its cost.
+<!-- end figures -->
 
-This project repeats the comparison on its built-in glyph dataset (5-way 1-shot, measured on a
-CPU; [docs/paper.md](../docs/paper.md)): ANIL 85.3 ± 1.7%, MAML 86.4 ± 1.7%, ANIL 6.9× faster per
-training iteration and 10.5× per test task. The linear CKA of each layer of the MAML model before
-vs after its inner loop is 0.997, 0.992, 0.979 and 0.826 for conv1 to conv4, and 0.650 for the
-head: the first blocks are reused, the head changes most.
+<!-- figures: docs/results/compare.json over_seeds -->
+This project repeats the comparison on its built-in glyph dataset (5-way 1-shot, three training
+runs on a CPU; [docs/paper.md](../docs/paper.md), figures from
+[docs/results/compare.json](../docs/results/compare.json)), in the paper's form, mean ± standard
+deviation over the three seeds: ANIL {{compare:results.over_seeds.accuracy.ANIL.mean|pct1}} ± {{compare:results.over_seeds.accuracy.ANIL.std|pct1}}%, MAML {{compare:results.over_seeds.accuracy.MAML.mean|pct1}} ± {{compare:results.over_seeds.accuracy.MAML.std|pct1}}%, with ANIL
+{{compare:results.over_seeds.train_speedup.mean|f1}}× faster per training iteration and {{compare:results.over_seeds.test_speedup.mean|f1}}× per test task (CPU timings on a shared machine).
+<!-- end figures -->
+<!-- figures: docs/results/analysis.json cka_before_after cka_vs_untrained -->
+The linear CKA of each layer of the MAML model before vs after its inner loop is {{analysis:results.cka_before_after.conv1.mean|f3}},
+{{analysis:results.cka_before_after.conv2.mean|f3}}, {{analysis:results.cka_before_after.conv3.mean|f3}} and {{analysis:results.cka_before_after.conv4.mean|f3}} for conv1 to conv4, and {{analysis:results.cka_before_after.head.mean|f3}} for the head. But with one
+task's 10 images per comparison, CKA is high even between the trained and an *untrained*
+network ({{analysis:results.cka_vs_untrained.conv1.mean|f3}} and {{analysis:results.cka_vs_untrained.conv2.mean|f3}} for conv1 and conv2): at this sample size, the first blocks' values
+say little about feature reuse; the head clearly changes most.
+<!-- end figures -->
 
 The rest of this notebook builds ANIL from its parts and ends with a small version of this
 comparison.
@@ -477,9 +489,9 @@ of it, many times slower. **Accuracy**: on 20 tasks (100 query images per method
 a few points are within the noise; adapting every layer buys little over adapting the head, and
 NIL, with no head and no inner loop at all, does as well: the meta-learned body does the work.
 **Change**: in MAML's inner loop the head's outputs change most and the conv blocks' less, the
-first blocks hardly at all: feature reuse. The control column is a caution: with 10 images per
+first blocks hardly at all. That alone is no evidence of feature reuse: with 10 images per
 comparison, the CKA of the first blocks is near 1 even between the trained network and an
-untrained one, so only the later layers are informative at this sample size.
+untrained one (the control column), so only the later layers are informative at this sample size.
 
 ## Where next
 
