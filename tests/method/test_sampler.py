@@ -122,7 +122,7 @@ def test_clear_errors():
     split = make_split(num_classes=6, per_class=5, name="toy/train")
     with pytest.raises(SamplerError, match="6-way tasks need 6 classes|7-way tasks need 7 classes"):
         TaskSampler(split, 7, 1)
-    with pytest.raises(SamplerError, match=r"2x3=6 images per class.*--shots 2"):
+    with pytest.raises(SamplerError, match=r"2x3=6 images per class.*; use shots=2 or fewer"):
         TaskSampler(split, 2, 3)
     with pytest.raises(SamplerError, match="ways must be a positive integer"):
         TaskSampler(split, 0, 1)

@@ -682,9 +682,9 @@ mutant("evaluation/split-tasks-not-images", F,
        "support_query(features, dim=0), support_query(labels, dim=0))",
        "task_accuracies splits the batch of tasks instead of each task's images", FAST_EVAL)
 mutant("evaluation/adapt-on-query", F,
-       "        _, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,\n"
+       "        _, accuracies = HEAD_LOOP_FUNCTIONS[head_loop](head, params, support_features, support_labels,\n"
        "                                             query_features, query_labels, step_size, steps)",
-       "        _, accuracies = HEAD_LOOP[head_loop](head, params, query_features, query_labels,\n"
+       "        _, accuracies = HEAD_LOOP_FUNCTIONS[head_loop](head, params, query_features, query_labels,\n"
        "                                             support_features, support_labels, step_size, steps)",
        "task_accuracies adapts on the query set and scores the support set", FAST_EVAL)
 mutant("evaluation/body-with-grad", F,
@@ -761,13 +761,13 @@ mutant("state/inf-loss-passes", F,
        "if math.isnan(loss):",
        "an infinite loss is recorded instead of stopping the run", LOOP)
 mutant("state/pending-never-saved", F,
-       '"pending": self.logged < self.iteration,',
+       '"pending": self.finished < self.iteration,',
        '"pending": False,',
        "a checkpoint written during a validation says it is complete: the validation is skipped "
        "on resume", LOOP)
 mutant("state/pending-not-restored", F,
-       'logged=saved["iteration"] - int(saved["pending"]),',
-       'logged=saved["iteration"],',
+       'finished=saved["iteration"] - int(saved["pending"]),',
+       'finished=saved["iteration"],',
        "a resumed run forgets that its last validation was interrupted",
        LOOP)
 mutant("state/seconds-restart", F,
@@ -775,8 +775,8 @@ mutant("state/seconds-restart", F,
        "seconds_before=0.0)",
        "a resumed run's clock restarts at zero", LOOP)
 
-# ---------------------------------------------------------------------------- anil/run/folder.py
-F = "anil/run/folder.py"
+# ---------------------------------------------------------------------------- anil/run/run_folder.py
+F = "anil/run/run_folder.py"
 
 mutant("folder/overwrite-without-asking", F,
        "            if not overwrite:\n",
@@ -842,13 +842,13 @@ mutant("train/last-iteration-no-checkpoint", F,
        "the last iteration is checkpointed only on the --checkpoint-every cadence",
        LOOP)
 mutant("train/checkpoint-before-logged", F,
-       "    state.logged = it\n"
+       "    state.finished = it\n"
        "    if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:\n"
        "        save_checkpoint(run, state)\n"
        "        run.folder.draw_curve(",
        "    if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:\n"
        "        save_checkpoint(run, state)\n"
-       "        state.logged = it\n"
+       "        state.finished = it\n"
        "        run.folder.draw_curve(",
        "the checkpoint is saved before the iteration counts as logged: resume redoes its validation",
        LOOP)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from anil import train
-from anil.run.folder import RunFolder, RunFolderError
+from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import read_metrics
 from in_process import in_process
 
