@@ -14,7 +14,7 @@ from data_prep import glyphs
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_deterministic_from_seed():
+def test_the_glyphs_are_a_function_of_the_seed():
     a = glyphs.generate(seed=5, split=(6, 0, 0))
     b = glyphs.generate(seed=5, split=(6, 0, 0))
     c = glyphs.generate(seed=6, split=(6, 0, 0))

@@ -198,7 +198,7 @@ def test_no_inner_steps_has_no_second_order_term(glyph_root, tmp_path, capsys):
     assert len(shares) == 6 and all(v == 0 for v in shares.values()), shares
 
 
-def test_a_trained_run(glyph_root, tmp_path, capsys, monkeypatch):
+def test_a_trained_run_is_explained_with_its_weights_alpha_steps_and_test_task(glyph_root, tmp_path, capsys, monkeypatch):
     """--run: the run's weights, α and test steps, task N of its test split (seed 3·seed + 2),
     and its explain/ folder by default."""
     monkeypatch.chdir(tmp_path)
