@@ -94,7 +94,10 @@ def evaluate(body, head, sampler: TaskSampler, num_tasks: int, step_size: float,
              tasks_per_call: int = 8, progress=None):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler`` (the same tasks on every call).
 
-    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options."""
+    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options. The body
+    and head are left as they were (no layout change): for a channels-last body, pass
+    ``features_fn=anil.fast.feature_extractor(body, anil.fast.default_speed(device))``, which
+    converts the body's weights in place (as train.py does with the body it owns)."""
     accuracies = accuracies_of(body, head, sampler, range(num_tasks), step_size, steps, device,
                                features_fn, head_loop, tasks_per_call, progress)
     mean, ci = mean_ci95(accuracies)
