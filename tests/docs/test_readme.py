@@ -53,7 +53,8 @@ def lines_of(patterns) -> int:
 
 
 def test_the_layouts_line_counts_are_the_files():
-    """The README's layout table gives each part's size in thousands of lines, to 0.1k."""
+    """The README's layout table gives each part's size in thousands of lines, to 0.1k (a part
+    may grow or shrink by up to 100 lines before its figure must be updated)."""
     parts = {"`anil/`": lines_of(["anil/*.py"]) - lines_of(["anil/train.py", "anil/explain.py"]),
              "`anil/paper/`": lines_of(["anil/paper/*.py"]),
              "`anil/run/`": lines_of(["anil/run/**/*.py"]),
@@ -63,4 +64,4 @@ def test_the_layouts_line_counts_are_the_files():
     for folder, lines in parts.items():
         quoted = re.search(re.escape(f"| {folder} |") + r".*\| (\d+\.\d)k \|", layout)
         assert quoted, folder
-        assert quoted.group(1) == f"{lines / 1000:.1f}", (folder, lines)
+        assert abs(float(quoted.group(1)) * 1000 - lines) <= 100, (folder, lines)
