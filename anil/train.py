@@ -118,7 +118,7 @@ def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
             # 1. a meta-batch of B tasks, images [B, 2NK, C, H, W] (under torchrun, B/P of them)
             images, labels = distributed.next_meta_batch(run.samplers["train"], args.meta_batch, ctx)
             images, labels = images.to(ctx.device), labels.to(ctx.device)
-            # 2.
+            # 2. zero the gradients
             optimizer.zero_grad(set_to_none=True)
             # 3. the meta-gradient ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)) into .grad: the readable
             #    reference (--strategy reference), or the same gradient computed faster
