@@ -7,8 +7,8 @@ Two different "±" are reported, each labelled. Per seed: the 95% confidence int
 over the test tasks, x̄ ± 1.96 s/√n (``anil.evaluation.mean_ci95``). With ``--seeds N`` (N ≥ 2):
 the mean and standard deviation over the N training runs (seeds --seed, --seed+1, ...), the
 paper's form ("mean and standard deviation of performance over three random initializations",
-Raghu et al. 2020, §4). The first measures test-task sampling noise only; the second also the
-spread between training runs.
+Raghu et al. 2020, on its results tables). The first measures test-task sampling noise only;
+the second also the spread between training runs.
 
 Within a seed all methods start from the same initial weights and see the same training tasks in
 the same order; they are tested on the same test tasks, one task at a time for every method (so
