@@ -56,6 +56,7 @@ CI95 = "tests/method/test_statistics.py"
 GUARDS = "tests/data/test_prep_common.py tests/data/test_archives.py"
 CIFAR = "tests/data/test_prep_cifar.py -k 'not train_py'"
 OMNIGLOT = "tests/data/test_prep_omniglot.py"
+LAKE = "tests/data/test_prep_omniglot_lake.py"
 CHECKPOINT = "tests/runs/test_checkpoint.py -k 'not fingerprint'"
 
 
@@ -400,6 +401,23 @@ mutant("omniglot/md5-unchecked", "data_prep/omniglot_files.py",
        "    if actual == MD5[name]:\n        return\n",
        "    if True:\n        return\n",
        "the zips' md5 is not checked", OMNIGLOT)
+mutant("omniglot/shared-not-compared", "data_prep/omniglot_files.py",
+       "if _drawings(out.drawings[key]) != _drawings(members):",
+       "if False:",
+       "a character in both minimal sets is kept once without checking that both hold the same drawings",
+       LAKE + " -k differ")
+mutant("omniglot/evaluation-required", "data_prep/omniglot.py",
+       "require(folder, wanted if full else zips)",
+       "require(folder, wanted)",
+       "a minimal background set cannot be prepared without images_evaluation.zip", LAKE + " -k alone")
+mutant("omniglot/missing-before-corrupt", "data_prep/omniglot.py",
+       "    for name in present:\n        check_archive(folder / name, name)\n    require(folder, wanted if full else zips)\n",
+       "    require(folder, wanted if full else zips)\n    for name in present:\n        check_archive(folder / name, name)\n",
+       "a missing zip is reported while another one present is corrupt", LAKE + " -k corrupt")
+mutant("folder/test-share-zero-refused", "data_prep/folder.py",
+       "0 <= values[2] < 1",
+       "0 < values[2] < 1",
+       "--split with a test share of 0 is refused", LAKE + " -k share")
 
 # --------------------------------------------------------------------- anil/run/checkpoint.py
 F = "anil/run/checkpoint.py"
