@@ -69,7 +69,7 @@ from pathlib import Path
 import numpy as np
 
 from anil.data import write_prepared
-from anil.run.cli import seed as seed_arg
+from anil.argtypes import seed as seed_arg
 
 from .common import PrepError, download, run_cli
 from .images import ImageReadError, Preprocess, read_image
