@@ -133,8 +133,8 @@ def apply_preset(args, extra: dict | None = None) -> None:
     if args.dataset is None and not getattr(args, "data", None):
         args.dataset = "glyphs"
     values = {**(preset(args.dataset) if args.dataset else OWN_DATA), **(extra or {})}
-    if getattr(args, "data", None):  # a folder prepared by some other command than the preset's
-        values.pop("prepare", None)
+    if getattr(args, "data", None):  # a folder made by some command, not the preset's: none recorded
+        values["prepare"] = None
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

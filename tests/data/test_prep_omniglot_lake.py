@@ -170,6 +170,10 @@ def test_lake_protocol_end_to_end(lake, tmp_path, capsys):
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["test_accuracy"] is None and summary["untrained_test_accuracy"] is None
     assert summary["tested"] is None and summary["history"][-1]["val_accuracy"] is not None
+    assert summary["config"]["prepare"] is None  # not the glyphs' command, nor the omniglot preset's
+    code, out, err = in_process(["--resume", out_dir, "--iterations", "3", "--allow-config-change"], capsys)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert code == 0 and summary["config"]["prepare"] is None and summary["test_accuracy"] is None, err
     evaluate.main([str(out_dir), "--episodes", str(data / "omniglot-runs"), "--device", "cpu"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:3]] == ["run01", "run02"]
@@ -194,7 +198,7 @@ def test_a_data_folder_records_no_prepare_command_and_rotates_as_its_help_says(t
     with_preset, _ = config.parse_args(["--dataset", "omniglot", "--data", "mine"])
     alone, _ = config.parse_args(["--data", "mine"])
     # Whatever made the folder, it is not known here: summary.json records no command for it.
-    assert "prepare" not in run_config(with_preset) and "prepare" not in run_config(alone)
+    assert run_config(with_preset)["prepare"] is None and run_config(alone)["prepare"] is None
     assert with_preset.rotate is True and alone.rotate is False  # as --rotate's help says:
     text = " ".join(config.build_parser().format_help().split())
     rotate = text.split("--rotate, --no-rotate ", 1)[1].split(" --seed", 1)[0]
