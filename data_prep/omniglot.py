@@ -4,9 +4,9 @@ people, as 28×28 grayscale with bright strokes on dark, written to ``<root>/omn
 
     python -m data_prep.omniglot --root data --download        # fetch the two zips (md5 checked)
     python -m data_prep.omniglot --root data --source DIR      # DIR holds images_{background,evaluation}.zip
-    python -m data_prep.omniglot --root data --source DIR --background small1         # -> <root>/omniglot-small1
-    python -m data_prep.omniglot --root data --source DIR --background small1 small2  # -> <root>/omniglot-small1-small2
-    python -m data_prep.omniglot --root data --source DIR --runs                      # -> <root>/omniglot-runs
+    python -m data_prep.omniglot --root data --source DIR --background small1          # -> data/omniglot-small1
+    python -m data_prep.omniglot --root data --source DIR --background small1 small2   # -> ...-small1-small2
+    python -m data_prep.omniglot --root data --source DIR --runs                       # -> data/omniglot-runs
 
 Raw files (``data_prep.omniglot_files``): ``images_background.zip`` (30 alphabets, 964
 characters) and ``images_evaluation.zip`` (20 alphabets, 659 characters) from
