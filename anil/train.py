@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from anil import algorithm, fast
+from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
@@ -154,21 +155,26 @@ def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
 def meta_test(run: Run, state: TrainState) -> dict:
     """Test the chosen weights (--test-weights) on the test tasks; write the summary and curve."""
     args, ctx = run.args, run.ctx
-    tested = use_test_weights(run, state)
-    start = time.perf_counter()
-    try:
-        mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "test")
-    except StopRequested as e:
-        exit_stopped(e, f"during the final test; training is complete and saved: finish with"
-                        f"  python train.py --resume {args.out}")
-    print(f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {args.eval_tasks} "
-          f"tasks, {args.test_inner_steps} inner steps; {tested['which']}; untrained "
-          f"{100 * state.untrained['accuracy']:.2f}%; {time.perf_counter() - start:.1f}s)",
-          flush=True)
+    mean = ci = tested = None
+    if "test" not in run.samplers:  # a dataset tested on fixed episodes (open_data said so)
+        print(f"no test split: test the run on {what_to_test_on(run.dataset['path'], args.out)}", flush=True)
+    else:
+        tested = use_test_weights(run, state)
+        start = time.perf_counter()
+        try:
+            mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "test")
+        except StopRequested as e:
+            exit_stopped(e, f"during the final test; training is complete and saved: finish with"
+                            f"  python train.py --resume {args.out}")
+        print(f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {args.eval_tasks} "
+              f"tasks, {args.test_inner_steps} inner steps; {tested['which']}; untrained "
+              f"{100 * state.untrained['accuracy']:.2f}%; {time.perf_counter() - start:.1f}s)",
+              flush=True)
+    untrained = state.untrained or {"accuracy": None, "ci95": None}  # None: no test split
     summary = {"config": run.config, "dataset": run.dataset, "world_size": ctx.world_size,
-               "test_accuracy": mean, "test_ci95": ci, "tested": tested["record"],
-               "untrained_test_accuracy": state.untrained["accuracy"],
-               "untrained_test_ci95": state.untrained["ci95"], "train_seconds": state.seconds(),
+               "test_accuracy": mean, "test_ci95": ci, "tested": tested and tested["record"],
+               "untrained_test_accuracy": untrained["accuracy"],
+               "untrained_test_ci95": untrained["ci95"], "train_seconds": state.seconds(),
                "history": run.folder.metrics.rows()}
     run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
     run.folder.write_summary(summary)
@@ -316,6 +322,8 @@ def start_or_resume(run: Run, resumed) -> TrainState:
     resumed run: restore weights, optimizer, sampler, random states and the loop's state."""
     args = run.args
     if resumed is None:
+        if "test" not in run.samplers:  # no untrained test either (open_data said so)
+            return TrainState()
         start = time.perf_counter()
         try:
             mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
