@@ -251,8 +251,8 @@ def scripted_validation(monkeypatch, accuracies):
 
 SHORT = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4",
          "--val-every", "2", "--log-every", "1"]
-# anil.train calls anil.evaluation.evaluate as train.evaluate, and builds its step from
-# anil.fast.train_step, so the tests below can replace either.
+# anil.train calls anil.evaluation.evaluate as train.evaluate, and step 3 of its loop is
+# anil.fast.meta_gradient, so the tests below can replace either.
 PATCHABLE = SHORT
 
 
@@ -318,7 +318,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
     args = ["--data-root", glyph_root, *PATCHABLE, "--iterations", "10", "--checkpoint-every", "4"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
-    real, steps = fast.train_step, []
+    real, steps = fast.meta_gradient, []
 
     def step_then_die(*a, **kw):
         steps.append(1)
@@ -326,7 +326,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
             raise Killed
         return real(*a, **kw)
 
-    monkeypatch.setattr(fast, "train_step", step_then_die)
+    monkeypatch.setattr(fast, "meta_gradient", step_then_die)
     with pytest.raises(Killed):
         in_process([*args, "--out", tmp_path / "killed"], capsys)
     monkeypatch.undo()
