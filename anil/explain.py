@@ -8,14 +8,20 @@ For one task T with support set S and query set Q (docs/design.md, "Tasks: suppo
 labels"), in the paper's notation:
 
     Z = f_θ(X)                                     one body call on all 2NK images (batch norm)
-    w^(0) = w,  w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),  s = 0..S−1     the inner loop, head only
-    L(Q; θ, w^(S))                                 the query loss of the adapted head
-    ∇_(θ,w) L(Q; θ, w^(S))                         the meta-gradient, through the inner loop
+    w^(0) = w,  w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),  s = 0..m−1     the inner loop, head only
+    L(Q; θ, w^(m))                                 the query loss of the adapted head
+    ∇_(θ,w) L(Q; θ, w^(m))                         the meta-gradient, through the inner loop
 
-It prints the task, the features, a row per inner step s = 0..S (support and query loss and
+It prints the task, the features, a row per inner step s = 0..m (support and query loss and
 accuracy at w^(s), and ‖w^(s) − w^(0)‖), the query loss and accuracy, and the meta-gradient's norm
 per layer in second and first order, with the size of the second-order (Hessian) terms relative
-to it. It writes task.png (the task's images) and inner-loop.png (the losses per inner step).
+to it and what that share means. It writes task.png (the task's images), inner-loop.png (the
+losses per inner step) and features.png (the task's features in a plane with the head's class
+directions before and after the inner loop, ``anil.feature_plane``). For a MAML-trained network
+(``maml.pt`` of ``python -m anil.paper.compare``) it also prints feature reuse in numbers: per
+layer, how far MAML's inner loop moves it and the CKA of its outputs before and after
+(``anil.paper.feature_reuse``), beside ANIL's head. ``--results FILE`` writes the numbers to a
+results file (anil/run/results.py).
 
 Every number comes from the project's own functions: ``anil.algorithm.head_loss``,
 ``adapt_head`` (one step at a time), ``adapt_and_score`` and ``task_loss``. Nothing here
@@ -40,19 +46,26 @@ from torch.func import functional_call
 
 from anil.algorithm import adapt_and_score, adapt_head, head_loss, task_loss
 from anil.data import DatasetError, load_split
+from anil.explain_maml import results_of, reuse_lines, second_order_lines
+from anil.feature_plane import feature_plane
 from anil.model import ConvBody, make_head
+from anil.paper.feature_reuse import feature_reuse
 from anil.paper.maml import layer_names, layer_params, network_params
 from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           non_negative_int, positive_float, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import line_chart, task_grid
+from anil.run.plot.features import features_plot
+from anil.run.results import ResultsError, write_results
 from anil.run.presets import preset
 from anil.sampler import SamplerError, TaskSampler, split_seed, support_query
 
-OUTPUTS = ("task.png", "inner-loop.png")
+OUTPUTS = ("task.png", "inner-loop.png", "features.png")
 DEFAULT_OUT = Path("runs/explain")
 UNTRAINED_SEED = 0  # torch.manual_seed of the untrained network
+TRAINING_SETTINGS = ("algorithm", "iterations", "meta_batch", "hidden", "inner_steps", "outer_lr",
+                     "first_order", "seed")  # of a --run, recorded by --results
 
 EXAMPLES = """examples:
   python -m anil.explain                                  untrained network, glyphs, test task 0
@@ -78,9 +91,9 @@ def head_distance(params, start) -> torch.Tensor:
 def inner_loop_trace(head, params, support_features, support_labels, query_features,
                      query_labels, step_size: float, steps: int):
     """The inner loop one step at a time, w^(s+1) = adapt_head(w^(s), steps=1), and at every
-    s = 0..S the support loss L(S; θ, w^(s)) and accuracy, the query loss L(Q; θ, w^(s)) and
-    accuracy, and ‖w^(s) − w^(0)‖. One step S times is ``adapt_head(..., steps=S)``: the same
-    update in the same order. Returns (rows, w^(S))."""
+    s = 0..m the support loss L(S; θ, w^(s)) and accuracy, the query loss L(Q; θ, w^(s)) and
+    accuracy, and ‖w^(s) − w^(0)‖. One step m times is ``adapt_head(..., steps=m)``: the same
+    update in the same order. Returns (rows, w^(m))."""
     start, rows = params, []
     for s in range(steps + 1):
         if s > 0:
@@ -95,7 +108,7 @@ def inner_loop_trace(head, params, support_features, support_labels, query_featu
 
 
 def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: int) -> dict:
-    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) of one task, differentiating ``task_loss``
+    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(m)) of one task, differentiating ``task_loss``
     in second order (through the inner loop, the default) and first order (inner gradients
     treated as constants), grouped by layer: conv1..conv4 (each conv + batch norm) and head.
 
@@ -103,7 +116,7 @@ def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: 
     second = ‖g_second‖, first = ‖g_first‖ and share = ‖g_second − g_first‖ / ‖g_second‖: the
     size of the second-order (Hessian-vector) terms g_second − g_first relative to the
     meta-gradient (docs/design.md, "First order"). It exceeds 1 where those terms point against
-    the first-order ones. With S = 0 both orders are the same computation and the share is 0."""
+    the first-order ones. With m = 0 both orders are the same computation and the share is 0."""
     params = network_params(body, head)
     names = list(params)
 
@@ -130,10 +143,12 @@ class Walkthrough:
 
     shapes: dict  # name -> shape, for X, y, Z, Z_S, Z_Q
     support_alone_change: float  # ‖f_θ(X_S) − Z_S‖ / ‖Z_S‖, what a separate support call changes
-    trace: list  # inner_loop_trace rows, s = 0..S
-    query_loss: float  # L(Q; θ, w^(S)) from adapt_and_score
+    trace: list  # inner_loop_trace rows, s = 0..m
+    query_loss: float  # L(Q; θ, w^(m)) from adapt_and_score
     query_accuracy: float
     gradient: dict  # meta_gradient_by_layer
+    plane: object = None  # anil.feature_plane.FeaturePlane: Z, W^(0) and W^(m) in a plane
+    reuse: dict | None = None  # anil.paper.feature_reuse for a MAML-trained network
 
 
 def walk_through(body, head, images, labels, step_size: float, steps: int) -> Walkthrough:
@@ -148,14 +163,15 @@ def walk_through(body, head, images, labels, step_size: float, steps: int) -> Wa
         alone = body(support_query(images)[0])  # the support set in a call of its own
         change = ((alone - support_features).norm() / support_features.norm()).item()
         params = {k: v.detach() for k, v in head.named_parameters()}
-        trace, _ = inner_loop_trace(head, params, support_features, support_labels,
-                                    query_features, query_labels, step_size, steps)
+        trace, adapted = inner_loop_trace(head, params, support_features, support_labels,
+                                          query_features, query_labels, step_size, steps)
         query_loss, query_accuracy = adapt_and_score(head, params, support_features, support_labels,
                                                      query_features, query_labels, step_size, steps)
     shapes = {"X": images.shape, "y": labels.shape, "Z": features.shape,
               "Z_S": support_features.shape, "Z_Q": query_features.shape}
     return Walkthrough(shapes, change, trace, query_loss.item(), query_accuracy.item(),
-                       meta_gradient_by_layer(body, head, images, labels, step_size, steps))
+                       meta_gradient_by_layer(body, head, images, labels, step_size, steps),
+                       feature_plane(features, labels, params, adapted))
 
 
 # ----------------------------------------------------------------------------------- printing
@@ -190,9 +206,10 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
               f"{_shape(s['Z_Q'])} query features",
               f"  the support set in a call of its own would get other statistics: "
               f"‖f_θ(X_S) − Z_S‖ / ‖Z_S‖ = {result.support_alone_change:.3f}",
-              "", f"The inner loop (docs/design.md#the-inner-loop), head only, α = {step_size:g}, "
-              f"S = {steps}:",
-              "  w^(0) = w,   w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s))",
+              "", f"The inner loop (docs/design.md#the-inner-loop), head only, inner step size "
+              f"α = {step_size:g}, m = {steps} inner step{'s' if steps != 1 else ''}:",
+              "  w^(0) = w,   w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),   s = 0..m−1  "
+              "(S: the support set)",
               "     s   L(S; θ, w^(s))  acc S   L(Q; θ, w^(s))  acc Q   ‖w^(s) − w^(0)‖"]
     for row in result.trace:
         lines.append(f"  {row['step']:4d}   {row['support_loss']:14.4f}  {_pct(row['support_accuracy'])}"
@@ -200,9 +217,9 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
                      f"{row['distance']:15.4f}")
     correct = round(result.query_accuracy * n)
     lines += ["", "The query loss (docs/design.md#the-outer-loop-and-the-meta-gradient)",
-              f"  L(Q; θ, w^(S)) = {result.query_loss:.4f}   query accuracy "
+              f"  L(Q; θ, w^(m)) = {result.query_loss:.4f}   query accuracy "
               f"{100 * result.query_accuracy:.1f}% ({correct} of {n}; chance {100 / ways:.0f}%)",
-              "", "The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) "
+              "", "The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(m)) "
               "(docs/design.md#the-outer-loop-and-the-meta-gradient)",
               "  second order: through the inner loop;  first order: each ∇_w L(S) taken as a "
               "constant (docs/design.md#first-order)",
@@ -217,21 +234,28 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
     if any(row["share"] > 1 for row in result.gradient.values()):
         lines.append("  (above 100%: there the second-order terms point against the first-order ones, "
                      "and ‖g_second‖ < ‖g_second − g_first‖)")
-    return lines
+    return lines + second_order_lines(result.gradient)
 
 
 def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float, steps: int):
-    """task.png (the task's images, a row per label, support then query) and inner-loop.png
-    (support and query loss against the inner step s). Pillow's default font has no Greek
-    letters, so the pictures spell α and θ out."""
+    """task.png (the task's images, a row per label, support then query), inner-loop.png
+    (support and query loss against the inner step s) and features.png (``features_plot``).
+    Pillow's default font has no Greek letters, so the pictures use the words the printout
+    puts beside its symbols (inner step size for α)."""
     out.write_png("task.png", lambda path: task_grid(task.images, task.labels, path, title=title))
     s = [row["step"] for row in result.trace]
     out.write_png("inner-loop.png", lambda path: line_chart(
-        path, {"support loss L(S; theta, w^(s))": (s, [r["support_loss"] for r in result.trace]),
-               "query loss L(Q; theta, w^(s))": (s, [r["query_loss"] for r in result.trace])},
-        title=f"{title}: the inner loop, alpha = {step_size:g}, {steps} step{'s' if steps != 1 else ''}",
+        path, {"support loss (what the inner loop minimises)":
+               (s, [r["support_loss"] for r in result.trace]),
+               "query loss (what the outer loop minimises)":
+               (s, [r["query_loss"] for r in result.trace])},
+        title=f"{title}: the inner loop, inner step size {step_size:g}, {steps} "
+              f"step{'s' if steps != 1 else ''}",
         xlabel="inner step s", ylabel="cross-entropy loss",
         ylim=(0, 1.06 * max(max(r["support_loss"], r["query_loss"]) for r in result.trace))))
+    out.write_png("features.png", lambda path: features_plot(
+        path, result.plane, title=f"{title}: features and class directions, {steps} inner "
+                                  f"step{'s' if steps != 1 else ''}"))
 
 
 # --------------------------------------------------------------------------------- the command
@@ -252,10 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"explain/ folder)")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="folder of the named datasets (default: data, or the run's)")
-    p.add_argument("--steps", type=non_negative_int, default=None, metavar="S",
-                   help="S, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
+    p.add_argument("--steps", type=non_negative_int, default=None, metavar="M",
+                   help="m, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
     p.add_argument("--inner-lr", type=positive_float, default=None, metavar="ALPHA",
                    help="α, inner step size (default: the run's, or the glyphs preset's)")
+    p.add_argument("--results", type=Path, default=None, metavar="FILE",
+                   help="also write the printed numbers to FILE, a results file (anil/run/results.py)")
     add_device_options(p, speed=False, head_loop=False)
     return p
 
@@ -335,15 +361,28 @@ def explain(args) -> Walkthrough:
           f"(sampler seed split_seed({config.seed}, \"test\") = {seed})", flush=True)
     body, head = body.to(device), head.to(device)
     result = walk_through(body, head, task.images.to(device), task.labels.to(device), step_size, steps)
+    if getattr(config, "algorithm", "anil") == "maml":  # anil.paper.compare's maml.pt
+        result.reuse = feature_reuse(body, head, task.images.to(device), task.labels.to(device),
+                                     step_size, steps)
     print("\n".join(report(result, task, class_names, rotations, config.ways, config.shots,
-                           step_size, steps)))
+                           step_size, steps)
+                     + (reuse_lines(result.reuse, step_size, steps) if result.reuse else [])))
     title = f"{dataset_name(config)} test task {args.task}"
     try:
         with RunFolder(out, names=OUTPUTS).open(resuming=True) as folder:  # its own two files only
             draw(folder, result, task, title, step_size, steps)
     except RunFolderError as e:
         fail(str(e))
-    print(f"\nwrote {out / OUTPUTS[0]} and {out / OUTPUTS[1]}")
+    print(f"\nwrote {', '.join(str(out / name) for name in OUTPUTS)}")
+    if args.results is not None:
+        context = {"network": what, "dataset": dataset_name(config), "task": args.task,
+                   "ways": config.ways, "shots": config.shots, "inner_lr": step_size, "steps": steps,
+                   "trained_with": {k: getattr(config, k) for k in TRAINING_SETTINGS
+                                    if args.run is not None and hasattr(config, k)}}
+        try:
+            print(f"wrote {write_results(args.results, results_of(result, context), device)}")
+        except ResultsError as e:
+            fail(str(e))
     return result
 
 

@@ -21,13 +21,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
 from anil.data import DatasetError, load_split
 from anil.evaluation import mean_ci95
 from anil.model import ConvBody, make_head
 from anil.paper import maml
 from anil.paper.cka import linear_cka
+from anil.paper.feature_reuse import layer_outputs
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           positive_int, program, resolve_device, set_threads)
@@ -36,20 +36,6 @@ from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
-
-
-def layer_outputs(body: ConvBody, head, params: maml.Params, images: torch.Tensor) -> dict:
-    """Each layer's output on one task's images with parameters ``params`` (``maml`` names):
-    {conv1: [n, C, H, W], ..., head: logits [n, N]}."""
-    outputs, x = {}, images
-    for i, block in enumerate(body.blocks):
-        prefix = f"body.blocks.{i}."
-        x = functional_call(block, {k[len(prefix):]: v for k, v in params.items()
-                                    if k.startswith(prefix)}, (x,))
-        outputs[f"conv{i + 1}"] = x
-    head_params = {k[5:]: v for k, v in params.items() if k.startswith("head.")}
-    outputs["head"] = functional_call(head, head_params, (x.flatten(1),))
-    return outputs
 
 
 def freezing_table(body, head, sampler, num_tasks, step_size, steps, device="cpu"):
