@@ -4,11 +4,11 @@
 Task T_i has a support set S_i and a query set Q_i. The body f_θ maps images to features; the
 head w = (W, b) maps features to logits W f_θ(x) + b. Only the head adapts in the inner loop:
 
-    w_i^(0) = w,    w_i^(s+1) = w_i^(s) − α ∇_w L(S_i; θ, w_i^(s)),    s = 0..S−1
+    w_i^(0) = w,    w_i^(s+1) = w_i^(s) − α ∇_w L(S_i; θ, w_i^(s)),    s = 0..m−1
 
 and the outer loop minimises the mean query loss of the adapted heads over a meta-batch:
 
-    (θ, w) ← (θ, w) − β ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(S)(θ, w))
+    (θ, w) ← (θ, w) − β ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)(θ, w))
 
 The head is applied with ``torch.func.functional_call`` and differentiated with
 ``torch.func.grad``; because the inner gradients are ordinary differentiable tensors, the outer
@@ -47,11 +47,11 @@ def head_loss(head: nn.Module, params: Params, features: torch.Tensor, labels: t
 
 def adapt_head(head: nn.Module, params: Params, features: torch.Tensor, labels: torch.Tensor,
                step_size: float, steps: int, first_order: bool = False) -> Params:
-    """S steps of w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)) on support features and labels.
+    """m steps of w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)) on support features and labels.
 
     Second order (default): the result stays a differentiable function of (θ, w), so the
-    meta-gradient includes ∂w^(S)/∂w and ∂w^(S)/∂θ. ``first_order=True`` treats each ∇_w L as a
-    constant, so ∂w^(S)/∂w = I and the features' influence through the inner loop is dropped.
+    meta-gradient includes ∂w^(m)/∂w and ∂w^(m)/∂θ. ``first_order=True`` treats each ∇_w L as a
+    constant, so ∂w^(m)/∂w = I and the features' influence through the inner loop is dropped.
     """
     grad_fn = grad(head_loss, argnums=1)  # ∇_w L(S; θ, w), a function of the head's parameters
     for _ in range(steps):
@@ -68,7 +68,7 @@ def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Ten
                     first_order: bool = False):
     """Adapt the head on the support set, score it on the query set: for one task,
 
-        w_i^(S) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(S))  and the query accuracy.
+        w_i^(m) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(m))  and the query accuracy.
 
     The features come from one body call on support and query together (batch norm sees the
     whole task; docs/design.md, "Batch norm per task"). Vmap it over a leading task dimension
@@ -83,7 +83,7 @@ def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Ten
 
 def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               step_size: float, steps: int, first_order: bool = False):
-    """L(Q_i; θ, w_i^(S)) for one task, and the query accuracy of the adapted head.
+    """L(Q_i; θ, w_i^(m)) for one task, and the query accuracy of the adapted head.
 
     ``images`` hold support and query interleaved (``anil.sampler.support_query``). The body
     runs once on all of them, so batch norm sees the statistics of the whole task.
@@ -96,7 +96,7 @@ def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
 
 def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               step_size: float, steps: int, first_order: bool = False):
-    """(1/B) Σ_i L(Q_i; θ, w_i^(S)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
+    """(1/B) Σ_i L(Q_i; θ, w_i^(m)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
 
     Returns the mean query loss (differentiable w.r.t. body and head) and mean query accuracy.
     """

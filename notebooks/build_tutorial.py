@@ -103,7 +103,7 @@ $$w_i^{(0)} = w, \qquad w_i^{(s+1)} = w_i^{(s)} - \alpha\, \nabla_w \mathcal{L}(
 meta-batch of $B$ tasks, differentiating through the inner loop
 ([the outer loop](../docs/design.md#the-outer-loop-and-the-meta-gradient)):
 
-$$(\theta, w) \leftarrow (\theta, w) - \beta\, \nabla_{(\theta, w)} \frac{1}{B} \sum_i \mathcal{L}\big(Q_i; \theta, w_i^{(S)}(\theta, w)\big)$$
+$$(\theta, w) \leftarrow (\theta, w) - \beta\, \nabla_{(\theta, w)} \frac{1}{B} \sum_i \mathcal{L}\big(Q_i; \theta, w_i^{(m)}(\theta, w)\big)$$
 
 **What ANIL saves.** The body's features $Z_i = f_\theta(X_i)$ do not change during ANIL's inner
 loop, so the body runs **once** per task and the $S$ steps touch only the $N(D+1)$ numbers of the
@@ -271,18 +271,18 @@ assert all(torch.equal(w[k], w_S[k]) for k in w), "the same loop gives the same 
 md(r"""
 ### Score the query set
 
-The adapted head $w^{(S)}$ classifies the query features; the **query loss**
-$\mathcal{L}(Q; \theta, w^{(S)})$ is what the outer loop minimises, and the query accuracy is
+The adapted head $w^{(m)}$ classifies the query features; the **query loss**
+$\mathcal{L}(Q; \theta, w^{(m)})$ is what the outer loop minimises, and the query accuracy is
 what meta-testing reports. `adapt_and_score` is the library's "adapt on the support set, score
 the query set": the one definition that training, the fast path and evaluation all call.
 """)
 
 code(r'''
-logits = functional_call(head, w_S, (Z_Q,))             # W^(S) z + b^(S) for every query image
-query_loss = head_loss(head, w_S, Z_Q, y_Q)             # L(Q; θ, w^(S))
+logits = functional_call(head, w_S, (Z_Q,))             # W^(m) z + b^(m) for every query image
+query_loss = head_loss(head, w_S, Z_Q, y_Q)             # L(Q; θ, w^(m))
 accuracy = (logits.argmax(1) == y_Q).float().mean()
 print(f"query labels {y_Q.tolist()}, predicted {logits.argmax(1).tolist()}")
-print(f"L(Q; θ, w^(S)) = {query_loss.item():.4f}, query accuracy {accuracy.item():.0%} (chance {1 / ways:.0%})")
+print(f"L(Q; θ, w^(m)) = {query_loss.item():.4f}, query accuracy {accuracy.item():.0%} (chance {1 / ways:.0%})")
 
 loss2, accuracy2 = adapt_and_score(head, w0, Z_S, y_S, Z_Q, y_Q, alpha, S)
 assert torch.equal(loss2, query_loss) and torch.equal(accuracy2, accuracy)
@@ -291,9 +291,9 @@ assert torch.equal(loss2, query_loss) and torch.equal(accuracy2, accuracy)
 md(r"""
 ### The meta-gradient, checked against finite differences
 
-The outer loop needs $\nabla_{(\theta, w)} \mathcal{L}(Q; \theta, w^{(S)}(\theta, w))$. Because
+The outer loop needs $\nabla_{(\theta, w)} \mathcal{L}(Q; \theta, w^{(m)}(\theta, w))$. Because
 `torch.func.grad` returns the inner gradients as ordinary differentiable tensors, the adapted head
-$w^{(S)}$ is a differentiable function of $\theta$ (through the features) and of $w$, and one
+$w^{(m)}$ is a differentiable function of $\theta$ (through the features) and of $w$, and one
 `backward()` flows through every inner step: the **second-order** meta-gradient, whose Hessian
 terms the [derivation](../docs/design.md#the-outer-loop-and-the-meta-gradient) spells out.
 `task_loss` computes one task's query loss from its images: the body once, then

@@ -7,7 +7,7 @@ representation similarity before and after the inner loop (§3.2, Figures 2-3).
 Freezing: the model adapts only the layers after the frozen ones at test time (conv1..conv4 are
 the body's blocks; freezing all of them leaves the head, i.e. ANIL-style adaptation).
 
-Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(S) the network
+Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(m) the network
 after the inner loop on the task's support set (MAML adapts every layer, ANIL the head only).
 Both run on the task's 2NK images and each layer's outputs are compared by linear CKA
 (``anil.paper.cka``), averaged over tasks. A control row compares the trained network with a freshly
