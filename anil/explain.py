@@ -55,13 +55,13 @@ from anil.run.checkpoint import CheckpointError, image_shape, network_from, read
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           non_negative_int, positive_float, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
-from anil.run.plot import line_chart, task_grid
+from anil.run.plot import bar_chart, line_chart, task_grid
 from anil.run.plot.features import features_plot
 from anil.run.results import ResultsError, write_results
 from anil.run.presets import preset
 from anil.sampler import SamplerError, TaskSampler, split_seed, support_query
 
-OUTPUTS = ("task.png", "inner-loop.png", "features.png")
+OUTPUTS = ("task.png", "inner-loop.png", "features.png", "feature-reuse.png")  # the last: MAML only
 DEFAULT_OUT = Path("runs/explain")
 UNTRAINED_SEED = 0  # torch.manual_seed of the untrained network
 TRAINING_SETTINGS = ("algorithm", "iterations", "meta_batch", "hidden", "inner_steps", "outer_lr",
@@ -237,6 +237,18 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
     return lines + second_order_lines(result.gradient)
 
 
+def reuse_chart(path, reuse: dict, title: str):
+    """feature-reuse.png: per layer, MAML's relative parameter change and the CKA of the layer's
+    outputs before vs after its inner loop, and the same for ANIL's head (``reuse_lines``)."""
+    rows = {**reuse["maml"], "head (ANIL)": reuse["anil_head"]}
+    return bar_chart(path, list(rows), {
+        "relative change of the parameters": [r["relative_change"] for r in rows.values()],
+        "CKA of the outputs, before vs after": [r["cka"] for r in rows.values()]},
+        title=f"{title}: what MAML's inner loop does to each layer", ylabel="fraction",
+        ylim=(0, max(1.0, *(r["relative_change"] for r in rows.values()))),
+        value_format="{value:.2f}")
+
+
 def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float, steps: int):
     """task.png (the task's images, a row per label, support then query), inner-loop.png
     (support and query loss against the inner step s) and features.png (``features_plot``).
@@ -256,6 +268,8 @@ def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float
     out.write_png("features.png", lambda path: features_plot(
         path, result.plane, title=f"{title}: features and class directions, {steps} inner "
                                   f"step{'s' if steps != 1 else ''}"))
+    if result.reuse is not None:
+        out.write_png("feature-reuse.png", lambda path: reuse_chart(path, result.reuse, title))
 
 
 # --------------------------------------------------------------------------------- the command
@@ -272,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task id in the test split, 0 or more (default: 0; a task is a pure "
                         "function of the seed and its id)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help=f"folder for {' and '.join(OUTPUTS)} (default: {DEFAULT_OUT}, or the run's "
+                   help=f"folder for {', '.join(OUTPUTS)} (default: {DEFAULT_OUT}, or the run's "
                         f"explain/ folder)")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="folder of the named datasets (default: data, or the run's)")
@@ -369,11 +383,12 @@ def explain(args) -> Walkthrough:
                      + (reuse_lines(result.reuse, step_size, steps) if result.reuse else [])))
     title = f"{dataset_name(config)} test task {args.task}"
     try:
-        with RunFolder(out, names=OUTPUTS).open(resuming=True) as folder:  # its own two files only
+        with RunFolder(out, names=OUTPUTS).open(resuming=True) as folder:  # its own files only
             draw(folder, result, task, title, step_size, steps)
     except RunFolderError as e:
         fail(str(e))
-    print(f"\nwrote {', '.join(str(out / name) for name in OUTPUTS)}")
+    written = OUTPUTS if result.reuse is not None else OUTPUTS[:3]
+    print(f"\nwrote {', '.join(str(out / name) for name in written)}")
     if args.results is not None:
         context = {"network": what, "dataset": dataset_name(config), "task": args.task,
                    "ways": config.ways, "shots": config.shots, "inner_lr": step_size, "steps": steps,
