@@ -55,8 +55,8 @@ from anil.run.checkpoint import CheckpointError, image_shape, network_from, read
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           non_negative_int, positive_float, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
-from anil.run.plot import bar_chart, line_chart, task_grid
-from anil.run.plot.features import features_plot
+from anil.run.plot import line_chart, task_grid
+from anil.run.plot.features import features_plot, reuse_plot
 from anil.run.results import ResultsError, write_results
 from anil.run.presets import preset
 from anil.sampler import SamplerError, TaskSampler, split_seed, support_query
@@ -237,18 +237,6 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
     return lines + second_order_lines(result.gradient)
 
 
-def reuse_chart(path, reuse: dict, title: str):
-    """feature-reuse.png: per layer, MAML's relative parameter change and the CKA of the layer's
-    outputs before vs after its inner loop, and the same for ANIL's head (``reuse_lines``)."""
-    rows = {**reuse["maml"], "head (ANIL)": reuse["anil_head"]}
-    return bar_chart(path, list(rows), {
-        "relative change of the parameters": [r["relative_change"] for r in rows.values()],
-        "CKA of the outputs, before vs after": [r["cka"] for r in rows.values()]},
-        title=f"{title}: what MAML's inner loop does to each layer", ylabel="fraction",
-        ylim=(0, max(1.0, *(r["relative_change"] for r in rows.values()))),
-        value_format="{value:.2f}")
-
-
 def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float, steps: int):
     """task.png (the task's images, a row per label, support then query), inner-loop.png
     (support and query loss against the inner step s) and features.png (``features_plot``).
@@ -269,7 +257,7 @@ def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float
         path, result.plane, title=f"{title}: features and class directions, {steps} inner "
                                   f"step{'s' if steps != 1 else ''}"))
     if result.reuse is not None:
-        out.write_png("feature-reuse.png", lambda path: reuse_chart(path, result.reuse, title))
+        out.write_png("feature-reuse.png", lambda path: reuse_plot(path, result.reuse, title))
 
 
 # --------------------------------------------------------------------------------- the command

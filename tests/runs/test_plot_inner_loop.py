@@ -123,3 +123,19 @@ def test_a_run_without_an_iteration_0_row_still_plots_from_0():
     figure = learning_curve_figure(rows, untrained=(0.4, 0.05))
     assert figure.axes["accuracy"].xlim[0] == 0
     assert learning_curve_figure(rows).axes["accuracy"].xlim == (50, 100)  # as before: no mark
+
+
+def test_the_feature_reuse_bars_have_a_pair_per_layer_and_anils_head(tmp_path):
+    from PIL import Image
+
+    from anil.run.plot.features import reuse_plot
+    row = lambda change, cka: {"parameters": 1, "relative_change": change, "cka": cka}
+    reuse = {"maml": {"conv1": row(0.1, 0.99), "head": row(0.3, 0.6)}, "anil_head": row(0.8, 0.65)}
+    path = reuse_plot(tmp_path / "reuse.png", reuse, "t")
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB")).astype(int)
+    # three categories, two bars each: the two group colours fill columns in three clusters
+    for colour in COLOURS[:2]:
+        columns = np.nonzero(near(array, colour, 10).sum(0) > 20)[0]
+        clusters = 1 + int((np.diff(columns) > 1).sum())
+        assert clusters == 3, (colour, clusters)

@@ -4,6 +4,7 @@
   (``anil.feature_plane``), support points filled and query points as rings, coloured by label,
   with the head's class directions before (thin) and after (thick) the inner loop, and a black
   ring on each query that flips to correct;
+* ``reuse_plot``: MAML's per-layer change and CKA as bars, beside ANIL's head;
 * ``concept_figure``: the paper's two hypotheses as a schematic (its Figure 1): from the
   meta-initialisation, rapid learning moves body and head far for each task; feature reuse
   moves the head and leaves the body where it is.
@@ -17,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from anil.run.plot import canvas
+from anil.run.plot.charts import bar_chart
 from anil.run.plot.canvas import (Axes, COLOURS, FRAME, Figure, MUTED, TEXT, _Layer, _blend,
                                   _header, _padded, _text, _text_height, _wrap)
 
@@ -103,6 +105,19 @@ def features_figure(plane, title="", size=(720, 640)) -> Figure:
 def features_plot(path, plane, title="") -> Path:
     """Save ``features_figure(plane, title)`` as a PNG; returns the path."""
     return features_figure(plane, title).save(path)
+
+
+def reuse_plot(path, reuse: dict, title: str) -> Path:
+    """feature-reuse.png: per layer, MAML's relative parameter change and the CKA of the layer's
+    outputs before vs after its inner loop, and the same for ANIL's head
+    (``anil.paper.feature_reuse``; bars of ``bar_chart``)."""
+    rows = {**reuse["maml"], "head (ANIL)": reuse["anil_head"]}
+    return bar_chart(path, list(rows), {
+        "relative change of the parameters": [r["relative_change"] for r in rows.values()],
+        "CKA of the outputs, before vs after": [r["cka"] for r in rows.values()]},
+        title=f"{title}: what MAML's inner loop does to each layer", ylabel="fraction",
+        ylim=(0, max(1.0, *(r["relative_change"] for r in rows.values()))),
+        value_format="{value:.2f}")
 
 
 # ------------------------------------------------------------------------------- the concept
