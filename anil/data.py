@@ -15,7 +15,7 @@ a ``meta.json`` is always complete: an interrupted preparation leaves nothing th
 Writing is safe against the usual accidents:
 
 * one writer per dataset: ``write_prepared`` (and each preparation, from its start) holds the
-  dataset's lock ``<root>/.<name>.lock`` (``lock_dataset``, ``anil.run.lock``), so two processes
+  dataset's lock ``<root>/.<name>.lock`` (``lock_dataset``, ``anil.lock``), so two processes
   preparing the same dataset at once cannot both write it;
 * temporaries are named ``.<name>.<kind>-<pid>@<host>-<random>`` (kind ``partial``, ``old`` or
   ``extract``); the next write into the same root removes those whose process no longer runs on
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anil.run.lock import FolderLock, LockError, pid_alive, this_host
+from anil.lock import FolderLock, LockError, pid_alive, this_host
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -108,7 +108,7 @@ class ClassSplit:
 
 @contextlib.contextmanager
 def lock_dataset(root, name: str, wait: float = 0.0, on_wait=None):
-    """Hold the write lock of ``<root>/<name>`` (``anil.run.lock.FolderLock``, lock file
+    """Hold the write lock of ``<root>/<name>`` (``anil.lock.FolderLock``, lock file
     ``<root>/.<name>.lock``); a lock held by another process (after waiting ``wait`` seconds),
     or one that cannot be made, is a DatasetError. Re-entrant within a thread."""
     lock = FolderLock(Path(root) / name, what="dataset", wait=wait, on_wait=on_wait)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from anil.data import SPLITS, DatasetError, read_meta, write_prepared
-from anil.run.cli import seed as seed_arg
+from anil.argtypes import seed as seed_arg
 
 from .common import PrepError, run_cli
 from .images import IMAGE_EXTENSIONS, UNREADABLE, ImageReadError, Preprocess, is_image_name, read_image

@@ -67,7 +67,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from anil.data import DatasetError, write_prepared
-from anil.run.cli import seed as seed_arg
+from anil.argtypes import seed as seed_arg
 
 from . import episodes
 from .archives import open_zip, safe_extract

@@ -13,55 +13,9 @@ from pathlib import Path
 
 import torch
 
+from anil.argtypes import SEED_LIMIT, non_negative_int, positive_float, positive_int, seed  # noqa: F401
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
 from anil.run.presets import OWN_DATA, PRESETS, preset
-
-SEED_LIMIT = 2 ** 32  # numpy's global seed must lie in [0, 2**32)
-
-
-# ------------------------------------------------------------------------------ argument types
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def seed(text):
-    """A random seed: an integer in [0, 2**32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must lie in 0..{SEED_LIMIT - 1}, got {text}")
-    return value
-
 
 # ------------------------------------------------------------------------------- help output
 
@@ -218,6 +172,16 @@ def set_threads(threads: int | None) -> int:
 
 
 # ------------------------------------------------------------------------------ errors, data
+
+
+def user_error(e: Exception) -> str:
+    """A library error's message for a command-line user: a SamplerError's remedy in flags."""
+    setting = getattr(e, "setting", None)
+    if setting is None:
+        return str(e)
+    flag = {"ways": f"--ways {e.fix} or fewer", "shots": f"--shots {e.fix} or fewer",
+            "rotate": "--no-rotate"}[setting]
+    return f"{e.problem}; use {flag}"
 
 
 def fail(message: str):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from anil.data import DatasetError, load_split, read_meta
-from anil.run.lock import this_host
+from anil.lock import this_host
 from data_prep import glyphs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_deterministic_from_seed():
+def test_the_glyphs_are_a_function_of_the_seed():
     a = glyphs.generate(seed=5, split=(6, 0, 0))
     b = glyphs.generate(seed=5, split=(6, 0, 0))
     c = glyphs.generate(seed=6, split=(6, 0, 0))
@@ -98,16 +98,20 @@ def test_two_processes_ensuring_at_once_generate_it_once(tmp_path, monkeypatch, 
 
 
 def test_ensure_gives_up_on_a_holder_that_does_not_finish(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", (  # anil/lock.py alone: no torch import
+        "import importlib.util, sys, time\n"
+        "spec = importlib.util.spec_from_file_location('lock', sys.argv[1])\n"
+        "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
+        "with lock.FolderLock(sys.argv[2]):\n"
+        "    print('held', flush=True); time.sleep(120)\n"),
+        str(ROOT / "anil" / "lock.py"), str(tmp_path / "glyphs")], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / ".glyphs.lock").write_text(json.dumps({"pid": sleeper.pid, "host": this_host(),
-                                                           "token": "0" * 16}))
+        assert holder.stdout.readline() == "held\n"
         with pytest.raises(DatasetError) as e:
             glyphs.ensure(tmp_path, verbose=False, wait=0.3)
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
     assert str(e.value) == (
-        f"another process (PID {sleeper.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
-        f"and has not finished after 0.3 s; wait for it to finish, or if it is gone delete "
-        f"{tmp_path / '.glyphs.lock'}")
+        f"another process (PID {holder.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
+        f"and has not finished after 0.3 s; wait for it to finish, or stop it")

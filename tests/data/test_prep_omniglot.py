@@ -138,7 +138,7 @@ def test_vinyals_split_refuses_data_that_does_not_match(small):
     assert not (root / "omniglot").exists()
 
 
-def test_bad_zips(small, monkeypatch):
+def test_truncated_or_mismatched_zips_are_named_with_what_to_do(small, monkeypatch):
     root, _ = small
     bg = root / "raw" / "images_background.zip"
     bg.write_bytes(bg.read_bytes()[:-300])
@@ -331,7 +331,7 @@ def test_runs_under_a_top_folder_and_a_rerun_replaces_them(tmp_path, monkeypatch
     assert not (out / "run01" / "stale.txt").exists() and (out / "run02" / "class_labels.txt").is_file()
 
 
-def test_runs_download(runs_zip, tmp_path, monkeypatch):
+def test_the_runs_download_is_saved_raw_and_prepared(runs_zip, tmp_path, monkeypatch):
     archive, _ = runs_zip
     monkeypatch.setattr(omniglot, "RUNS_URL", archive.as_uri())
     out = omniglot.prepare_runs(tmp_path / "data", fetch=True)

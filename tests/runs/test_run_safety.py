@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from anil import train
-from anil.run.folder import RunFolder, RunFolderError
-from anil.run.lock import this_host
+from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import read_metrics
 from in_process import in_process
 
@@ -168,17 +167,23 @@ def test_out_naming_a_file_is_refused(glyph_root, tmp_path, capsys):
 def test_a_second_writer_is_refused_naming_the_first(glyph_root, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Another process holds the folder's lock (anil/lock.py loaded by itself: no torch import).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import importlib.util, sys, time\n"
+        "spec = importlib.util.spec_from_file_location('lock', sys.argv[1])\n"
+        "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
+        "with lock.FolderLock(sys.argv[2], lock_file=sys.argv[2] + '/.lock'):\n"
+        "    print('held', flush=True); time.sleep(120)\n"),
+        str(ROOT / "anil" / "lock.py"), str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": this_host(),
-                                                "token": "another run"}))
+        assert holder.stdout.readline() == "held\n"
         code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1",
                                    "--out", out], capsys)
         assert code == 2 and f"another process (PID {holder.pid} on" in one_line(err)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
     finally:
         holder.kill(), holder.wait()
-    # The holder is gone: its stale lock is taken over and the run goes ahead.
+    # The holder was killed: the OS released its lock, and the run goes ahead.
     code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1", "--out", out],
                               capsys)
     assert code == 0, err
