@@ -263,7 +263,8 @@ PATCHABLE = SHORT
 
 def test_model_selection_keeps_the_iteration_with_the_highest_validation_accuracy(
         glyph_root, tmp_path, monkeypatch, capsys, one_thread):
-    scripted_validation(monkeypatch, [0.3, 0.7, 0.5, 0.7, 0.6])  # iterations 2, 4, 6, 8, 10
+    scripted_validation(monkeypatch, [0.9, 0.3, 0.7, 0.5, 0.7, 0.6])  # iterations 0 (untrained:
+    # never best.pt, even when highest), 2, 4, 6, 8, 10
     code, out, err = in_process(["--data-root", glyph_root, *PATCHABLE, "--iterations", "10",
                                  "--out", tmp_path / "a"], capsys)
     assert code == 0, err
@@ -293,7 +294,7 @@ def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monk
     def evaluate_then_signal(body, head, sampler, num_tasks, *a, **kw):
         if sampler.seed == split_seed(0, "val"):
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == 4:  # validations of iterations 0, 2, 4 and 6
                 os.kill(os.getpid(), signal.SIGTERM)
         return real(body, head, sampler, num_tasks, *a, **kw)
 
@@ -302,7 +303,7 @@ def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monk
     assert code == 128 + signal.SIGTERM and "stopped by SIGTERM at iteration 6/8" in err
     saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 6 and saved["pending"]
-    assert [r["iteration"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [0, 1, 2, 3, 4, 5]
     monkeypatch.undo()
     code, out, err = in_process(["--resume", tmp_path / "stopped"], capsys)
     assert code == 0, err
@@ -383,7 +384,7 @@ def test_a_finished_run_is_never_replaced_silently(glyph_root, tmp_path, monkeyp
 
     # --overwrite to the end: the folder holds the new run only.
     assert in_process([*args, "--iterations", "2", "--overwrite"], capsys)[0] == 0
-    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1, 2]
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["iterations"] == 2
 
