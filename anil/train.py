@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from anil import algorithm, fast
+from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
@@ -155,25 +156,30 @@ def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
 def meta_test(run: Run, state: TrainState) -> dict:
     """Test the chosen weights (--test-weights) on the test tasks; write the summary and curve."""
     args, ctx = run.args, run.ctx
-    tested = use_test_weights(run, state)
-    start = time.perf_counter()
-    try:
-        mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "test")
-    except StopRequested as e:
-        exit_stopped(e, f"during the final test; training is complete and saved: finish with"
-                        f"  python train.py --resume {args.out}")
-    print(f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {args.eval_tasks} "
-          f"tasks, {args.test_inner_steps} inner steps; {tested['which']}; untrained "
-          f"{100 * state.untrained['accuracy']:.2f}%; {time.perf_counter() - start:.1f}s)",
-          flush=True)
+    mean = ci = tested = None
+    if "test" not in run.samplers:  # a dataset tested on fixed episodes (open_data said so)
+        print(f"no test split: test the run on {what_to_test_on(run.dataset['path'], args.out)}", flush=True)
+    else:
+        tested = use_test_weights(run, state)
+        start = time.perf_counter()
+        try:
+            mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "test")
+        except StopRequested as e:
+            exit_stopped(e, f"during the final test; training is complete and saved: finish with"
+                            f"  python train.py --resume {args.out}")
+        print(f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {args.eval_tasks} "
+              f"tasks, {args.test_inner_steps} inner steps; {tested['which']}; untrained "
+              f"{100 * state.untrained['accuracy']:.2f}%; {time.perf_counter() - start:.1f}s)",
+              flush=True)
+    untrained = state.untrained or {"accuracy": None, "ci95": None}  # None: no test split
     summary = {"config": run.config, "dataset": run.dataset, "world_size": ctx.world_size,
-               "test_accuracy": mean, "test_ci95": ci, "tested": tested["record"],
-               "untrained_test_accuracy": state.untrained["accuracy"],
-               "untrained_test_ci95": state.untrained["ci95"], "train_seconds": state.seconds(),
+               "test_accuracy": mean, "test_ci95": ci, "tested": tested and tested["record"],
+               "untrained_test_accuracy": untrained["accuracy"],
+               "untrained_test_ci95": untrained["ci95"], "train_seconds": state.seconds(),
                "history": run.folder.metrics.rows()}
     run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways,
                           **curve_marks(run.config, state.untrained,
-                                        (mean, ci, tested["record"]["iteration"])))
+                                        tested and (mean, ci, tested["record"]["iteration"])))
     run.folder.write_summary(summary)
     if ctx.is_main:
         print(f"wrote {', '.join(run.folder.written())} in {args.out}")
@@ -321,21 +327,24 @@ def start_or_resume(run: Run, resumed) -> TrainState:
     optimizer, sampler, random states and the loop's state."""
     args = run.args
     if resumed is None:
-        start = time.perf_counter()
+        start, untrained, row = time.perf_counter(), None, {"iteration": 0, "seconds": 0.0}
         try:
-            mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
-            row = {"iteration": 0, "seconds": 0.0}
+            if "test" in run.samplers:  # else no untrained test either (open_data said so)
+                mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
+                untrained = {"accuracy": mean, "ci95": ci}
             if args.val_every:  # the curve's first point; not a candidate for best.pt
                 row["val_accuracy"], row["val_ci95"], _ = run.test(run.samplers["val"],
                                                                    args.val_tasks, "validation")
                 run.folder.log(row)
         except StopRequested as e:
             exit_stopped(e, "before training began; nothing to resume: run the command again")
-        print(f"untrained network: test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over "
-              f"{args.eval_tasks} tasks" + (f", validation {100 * row['val_accuracy']:.1f}%"
-                                             if "val_accuracy" in row else "")
-              + f" ({time.perf_counter() - start:.1f}s)", flush=True)
-        return TrainState(untrained={"accuracy": mean, "ci95": ci})
+        said = ([f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over {args.eval_tasks} tasks"]
+                if untrained else []) + ([f"validation {100 * row['val_accuracy']:.1f}%"]
+                                         if "val_accuracy" in row else [])
+        if said:
+            print(f"untrained network: {', '.join(said)} ({time.perf_counter() - start:.1f}s)",
+                  flush=True)
+        return TrainState(untrained=untrained)
     try:
         run.body.load_state_dict(resumed["body"])
         run.head.load_state_dict(resumed["head"])

@@ -19,6 +19,7 @@ from anil import train
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import read_metrics
 from in_process import in_process
+from lock_holder import lock_held_elsewhere
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -167,22 +168,11 @@ def test_out_naming_a_file_is_refused(glyph_root, tmp_path, capsys):
 def test_a_second_writer_is_refused_naming_the_first(glyph_root, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    # Another process holds the folder's lock (anil/lock.py loaded by itself: no torch import).
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import importlib.util, sys, time\n"
-        "spec = importlib.util.spec_from_file_location('lock', sys.argv[1])\n"
-        "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
-        "with lock.FolderLock(sys.argv[2], lock_file=sys.argv[2] + '/.lock'):\n"
-        "    print('held', flush=True); time.sleep(120)\n"),
-        str(ROOT / "anil" / "lock.py"), str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out, lock_file=out / ".lock") as holder:
         code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1",
                                    "--out", out], capsys)
         assert code == 2 and f"another process (PID {holder.pid} on" in one_line(err)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
-    finally:
-        holder.kill(), holder.wait()
     # The holder was killed: the OS released its lock, and the run goes ahead.
     code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1", "--out", out],
                               capsys)
