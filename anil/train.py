@@ -338,12 +338,11 @@ def start_or_resume(run: Run, resumed) -> TrainState:
                 run.folder.log(row)
         except StopRequested as e:
             exit_stopped(e, "before training began; nothing to resume: run the command again")
-        said = ([f"test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over {args.eval_tasks} tasks"]
-                if untrained else []) + ([f"validation {100 * row['val_accuracy']:.1f}%"]
-                                         if "val_accuracy" in row else [])
-        if said:
-            print(f"untrained network: {', '.join(said)} ({time.perf_counter() - start:.1f}s)",
-                  flush=True)
+        if untrained:
+            print(f"untrained network: test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over "
+                  f"{args.eval_tasks} tasks" + (f", validation {100 * row['val_accuracy']:.1f}%"
+                                                 if "val_accuracy" in row else "")
+                  + f" ({time.perf_counter() - start:.1f}s)", flush=True)
         return TrainState(untrained=untrained)
     try:
         run.body.load_state_dict(resumed["body"])
