@@ -40,11 +40,11 @@ from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import dataset_name, fail, set_threads
+from anil.run.cli import fail, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.run_folder import RunFolder, RunFolderError
-from anil.run.setup import join_processes, open_data
 from anil.run.metrics import curve_marks
+from anil.run.setup import join_processes, open_data, print_setup
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
 from anil.run.state import NonFiniteLoss, TrainState
 from anil.sampler import TaskSampler
@@ -301,24 +301,6 @@ def make_tester(body, head, args, ctx, features_fn, stop):
             bar.clear()
             body.train(), head.train()
     return test
-
-
-def print_setup(args, body, head, ctx, threads) -> None:
-    n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
-    order = "first" if args.first_order else "second"
-    print(f"ANIL on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
-          f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
-          f"at test), {order} order, Adam β={args.outer_lr}, {args.iterations} iterations, "
-          f"{n_params:,} parameters, device {ctx.device}"
-          + (f" × {ctx.world_size} processes" if ctx.distributed else f", {threads} thread{'s' if threads > 1 else ''}"),
-          flush=True)
-    loop = ("torch.func (vmap ∘ grad ∘ functional_call)" if args.head_loop == "torch.func"
-            else "closed form (linear head)")
-    speed = ("the readable reference path (anil/algorithm.py)" if args.strategy == "reference" else
-             f"strategy {args.strategy}{f' ({args.chunk_size} tasks)' if args.strategy == 'chunk' else ''}, "
-             f"{'batched' if args.batch_body else 'per-task'} body, {args.precision}, "
-             f"{'channels-last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}")
-    print(f"head loop: {loop}, {order} order; {speed}", flush=True)
 
 
 def start_or_resume(run: Run, resumed) -> TrainState:
