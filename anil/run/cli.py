@@ -40,14 +40,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def preset_values(key: str, overrides: dict | None = None) -> str:
-    """'5 for glyphs, mini-imagenet, ...; 20 for omniglot, omniglot-rot': a preset option's value
-    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset).
-    ``overrides`` ({dataset: {key: value}}): a command's own values that replace the preset's."""
+    """'5 for glyphs, mini-imagenet, ..., --data alone; 20 for omniglot, omniglot-rot': a preset
+    option's value per dataset (``--data`` without ``--dataset`` takes the defaults for any
+    dataset; ``--data`` with ``--dataset NAME`` takes NAME's). ``overrides`` ({dataset: {key:
+    value}}): a command's own values that replace the preset's."""
     by_value = {}
     for name, values in PRESETS.items():
         values = {**values, **(overrides or {}).get(name, {})}
         by_value.setdefault(values[key], []).append(name)
-    by_value.setdefault(OWN_DATA[key], []).append("--data")
+    by_value.setdefault(OWN_DATA[key], []).append("--data alone")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
     return "; ".join(f"{shown(value)} for {', '.join(names)}" for value, names in by_value.items())
 
@@ -73,7 +74,8 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None, overrides
     _preset_option(task, "--shots", "shots", "K, support (and query) images per class",
                    type=positive_int)
     task.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
-                      help="rotate each class of a task by k·90°, k drawn per class per task "
+                      help="rotate each class of a task by k·90°, k drawn per class per task; "
+                           "--data with --dataset NAME rotates as NAME does "
                            f"(preset: {preset_values('rotate')})")
     task.add_argument("--seed", type=seed, default=0,
                       help="seed of the initial weights and of the train/val/test task streams")
@@ -138,6 +140,8 @@ def apply_preset(args, extra: dict | None = None) -> None:
     if args.dataset is None and not getattr(args, "data", None):
         args.dataset = "glyphs"
     values = {**(preset(args.dataset) if args.dataset else OWN_DATA), **(extra or {})}
+    if getattr(args, "data", None):  # a folder made by some command, not the preset's: none recorded
+        values["prepare"] = None
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

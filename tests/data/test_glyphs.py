@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import pytest
 from anil.data import DatasetError, load_split, read_meta
 from anil.lock import this_host
 from data_prep import glyphs
+from lock_holder import lock_held_elsewhere
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,20 +98,9 @@ def test_two_processes_ensuring_at_once_generate_it_once(tmp_path, monkeypatch, 
 
 
 def test_ensure_gives_up_on_a_holder_that_does_not_finish(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (  # anil/lock.py alone: no torch import
-        "import importlib.util, sys, time\n"
-        "spec = importlib.util.spec_from_file_location('lock', sys.argv[1])\n"
-        "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
-        "with lock.FolderLock(sys.argv[2]):\n"
-        "    print('held', flush=True); time.sleep(120)\n"),
-        str(ROOT / "anil" / "lock.py"), str(tmp_path / "glyphs")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(tmp_path / "glyphs") as holder:
         with pytest.raises(DatasetError) as e:
             glyphs.ensure(tmp_path, verbose=False, wait=0.3)
-    finally:
-        holder.kill()
-        holder.wait()
     assert str(e.value) == (
         f"another process (PID {holder.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
         f"and has not finished after 0.3 s; wait for it to finish, or stop it")

@@ -327,13 +327,13 @@ mutant("omniglot/bilinear", "data_prep/images.py",  # the conversion Omniglot's 
        'RESAMPLE = {"lanczos": Image.Resampling.LANCZOS}',
        'RESAMPLE = {"lanczos": Image.Resampling.BILINEAR}',
        "bilinear instead of LANCZOS resize", OMNIGLOT)
-mutant("omniglot/unsorted-shuffle", F,
+mutant("omniglot/unsorted-shuffle", "data_prep/omniglot_splits.py",
        "order = sorted(names)",
        "order = list(names)",
        "the MAML split shuffles the zip's member order (filesystem-dependent)", OMNIGLOT,
        equivalent="prepare() passes read_characters' keys, which are already sorted; the sort in "
                   "maml_split only protects other callers")
-mutant("omniglot/val-in-test", F,
+mutant("omniglot/val-in-test", "data_prep/omniglot_splits.py",
        '"test": order[n_train + n_val:]',
        '"test": order[n_train:]',
        "split leakage: validation characters also in the test split", OMNIGLOT)
@@ -341,7 +341,7 @@ mutant("omniglot/rotation-direction", F,
        "np.rot90(images, k, axes=(2, 3))",
        "np.rot90(images, k, axes=(3, 2))",
        "the class named rot90 is rotated by 270 degrees", OMNIGLOT)
-mutant("omniglot/md5-unchecked", F,
+mutant("omniglot/md5-unchecked", "data_prep/omniglot_files.py",
        "    if actual == MD5[name]:\n        return\n",
        "    if True:\n        return\n",
        "the zips' md5 is not checked", OMNIGLOT)

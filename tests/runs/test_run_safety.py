@@ -19,6 +19,7 @@ from anil import train
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import read_metrics
 from in_process import in_process
+from lock_holder import lock_held_elsewhere
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -87,7 +88,7 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
     out = tmp_path / "run"
     args = ["--data-root", glyph_root, *TINY, "--iterations", "30", "--checkpoint-every", "2",
             "--val-every", "0", "--log-every", "1", "--out", out]
-    real = train.fast.train_step
+    real = train.fast.meta_gradient
     steps = []
 
     def diverge_at_5(*a, **kw):
@@ -95,11 +96,11 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
         loss, accuracy = real(*a, **kw)
         return (float("nan") if len(steps) >= 5 else loss), accuracy
 
-    train.fast.train_step, saved = diverge_at_5, train.fast.train_step
+    train.fast.meta_gradient, saved = diverge_at_5, train.fast.meta_gradient
     try:
         code, _, err = in_process(args, capsys)
     finally:
-        train.fast.train_step = saved
+        train.fast.meta_gradient = saved
     line = one_line(err)
     assert code == 2 and "the meta-training loss became nan at iteration 5" in line
     assert "last good checkpoint (iteration 4)" in line and "--resume" in line
@@ -167,22 +168,11 @@ def test_out_naming_a_file_is_refused(glyph_root, tmp_path, capsys):
 def test_a_second_writer_is_refused_naming_the_first(glyph_root, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    # Another process holds the folder's lock (anil/lock.py loaded by itself: no torch import).
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import importlib.util, sys, time\n"
-        "spec = importlib.util.spec_from_file_location('lock', sys.argv[1])\n"
-        "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
-        "with lock.FolderLock(sys.argv[2], lock_file=sys.argv[2] + '/.lock'):\n"
-        "    print('held', flush=True); time.sleep(120)\n"),
-        str(ROOT / "anil" / "lock.py"), str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out, lock_file=out / ".lock") as holder:
         code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1",
                                    "--out", out], capsys)
         assert code == 2 and f"another process (PID {holder.pid} on" in one_line(err)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
-    finally:
-        holder.kill(), holder.wait()
     # The holder was killed: the OS released its lock, and the run goes ahead.
     code, _, err = in_process(["--data-root", glyph_root, *TINY, "--iterations", "1", "--out", out],
                               capsys)
