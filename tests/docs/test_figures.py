@@ -39,7 +39,7 @@ DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
 MARKER = re.compile(r"<!-- (figures|quoted): *(.*?) *-->|<!-- (end figures|explain-sample)")
 HEADING = re.compile(r"^#{1,6} ")
 DECIMAL = re.compile(r"(?<![\w.])(\d+)\.(\d+)(?![\w.]|\.\d)")
-FIGURE_LIKE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]|\.\d) ?(%|×|x\b|ms\b|s\b)|± ?\d+\.\d+|"
+FIGURE_LIKE = re.compile(r"(?<![\w.:])\d+\.\d+(?![\w.]|\.\d) ?(%|×|x\b|ms\b|s\b)|± ?\d+\.\d+|"
                          r"(?<![\w.])\d+\.\d+ ±")
 SCALES = (1, 100, 1000)
 # Constants of the formulas, not measurements: 1.96, the 97.5% quantile of the standard normal.
