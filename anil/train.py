@@ -45,11 +45,13 @@ from anil.sampler import SamplerError, TaskSampler, split_seed
 
 
 def main(argv=None):
-    """Parse the options and train; every way a run can end early gets a one-line message."""
+    """Parse the options and train; every way a run can end early gets a one-line message.
+    Returns None, so the ``anil-train`` script's ``sys.exit(main())`` exits 0 after a run
+    (``train`` returns the summary)."""
     args = None
     try:
         args, resumed = parse_args(argv)
-        return train(args, resumed)
+        train(args, resumed)
     except Abandoned as e:  # a second Ctrl-C / SIGTERM: stop now, leave the last checkpoint alone
         saved = args is not None and (args.out / "checkpoint.pt").exists()
         print(f"\nstopped at once by a second {signal.Signals(e.signum).name}; "

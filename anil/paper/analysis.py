@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """``anil-analysis``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
+    run(build_parser().parse_args(argv))
+
+
+def run(args) -> dict:
+    """Analyse with the parsed ``args``; returns the results (the analysis JSON's contents)."""
     device = torch.device(resolve_device(args.device))
     set_threads(args.threads)
     if not args.checkpoint.exists():

@@ -99,7 +99,12 @@ def timed(fn):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """``anil-compare``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
+    run(parse_args(argv))
+
+
+def run(args) -> dict:
+    """Compare with the parsed ``args``; returns the summary (summary.json's contents)."""
     device = torch.device(args.device)
     set_threads(args.threads)
     folder = RunFolder(args.out, names=OUTPUTS)

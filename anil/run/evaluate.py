@@ -63,8 +63,10 @@ def build_parser():
 
 
 def main(argv=None):
+    """``python evaluate.py`` and ``anil-evaluate``: returns None, so the console script's
+    ``sys.exit(main())`` exits 0 (``evaluate_run`` returns the numbers)."""
     try:
-        return evaluate_run(build_parser().parse_args(argv))
+        evaluate_run(build_parser().parse_args(argv))
     except KeyboardInterrupt:
         print("\ninterrupted; nothing to save", file=sys.stderr)
         sys.exit(130)

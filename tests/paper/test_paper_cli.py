@@ -74,8 +74,8 @@ def test_analysis_prints_freezing_and_cka_tables_and_draws_the_png(compared, gly
 def test_analysis_of_an_anil_model_finds_the_body_unchanged(compared, glyph_root):
     """ANIL adapts the head only, so every body layer's CKA is exactly 1."""
     out, _ = compared
-    result = analysis.main(["--checkpoint", str(out / "anil.pt"), "--data-root", str(glyph_root),
-                            "--tasks", "2"])
+    result = analysis.run(analysis.build_parser().parse_args(
+        ["--checkpoint", str(out / "anil.pt"), "--data-root", str(glyph_root), "--tasks", "2"]))
     cka = result["cka_before_after"]
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         assert cka[layer]["mean"] == pytest.approx(1.0, abs=1e-9)
