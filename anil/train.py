@@ -36,7 +36,7 @@ from anil.data import DatasetError, load_split
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import dataset_name, dataset_path, fail, set_threads
+from anil.run.cli import dataset_name, dataset_path, fail, path_error, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
@@ -64,6 +64,8 @@ def main(argv=None):
     except (RunFolderError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, RunFolderError) else 1)
+    except OSError as e:  # a path given (--out, --data-root, ...) that cannot be used
+        path_error(e)
 
 
 def train(args, resumed=None):

@@ -30,7 +30,7 @@ from anil.paper import maml
 from anil.paper.cka import linear_cka
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          positive_int, program, resolve_device, set_threads)
+                          path_error, positive_int, program, resolve_device, set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     """``anil-analysis``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
-    run(build_parser().parse_args(argv))
+    try:
+        run(build_parser().parse_args(argv))
+    except OSError as e:  # the checkpoint, --data-root or --out cannot be used
+        path_error(e)
 
 
 def run(args) -> dict:

@@ -8,6 +8,7 @@ Every error a user can cause ends in ``fail``: one line on stderr, exit status 2
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -224,6 +225,25 @@ def fail(message: str):
     """Stop with a one-line error (exit status 2, like argparse)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# What to do about an operating-system error on a path the user gave (or one below it).
+PATH_ERRORS = {
+    errno.EACCES: "permission denied: give a path you may enter (and write), or fix its permissions",
+    errno.EPERM: "not permitted: give a path you may enter (and write), or fix its permissions",
+    errno.ENOSPC: "no space left on the device: free space, or give a path on another disk",
+    errno.EDQUOT: "disk quota exceeded: free space, or give a path on another disk",
+    errno.EFBIG: "file too large for this process's limit (ulimit -f): raise it, or write elsewhere",
+    errno.EROFS: "read-only file system: give a path on a writable disk",
+}
+
+
+def path_error(e: OSError):
+    """Stop with one line for an operating-system error on a path: which path, what to do.
+    (On Python 3.11, even ``Path.exists`` raises PermissionError below a folder the user may
+    not enter.)"""
+    advice = PATH_ERRORS.get(e.errno, f"{e.strerror or e}: check the path")
+    fail(f"{e.filename or 'a path'}: {advice}")
 
 
 def dataset_path(args) -> Path:

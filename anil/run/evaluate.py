@@ -23,8 +23,8 @@ from anil.fast import default_speed, feature_extractor
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          non_negative_int, positive_float, positive_int, program, resolve_device,
-                          seed, set_threads)
+                          non_negative_int, path_error, positive_float, positive_int, program,
+                          resolve_device, seed, set_threads)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from data_prep.episodes import preprocess_of, read_episodes
@@ -67,6 +67,8 @@ def main(argv=None):
     ``sys.exit(main())`` exits 0 (``evaluate_run`` returns the numbers)."""
     try:
         evaluate_run(build_parser().parse_args(argv))
+    except OSError as e:  # the run, --data-root or --episodes cannot be read
+        path_error(e)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing to save", file=sys.stderr)
         sys.exit(130)
