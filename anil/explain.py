@@ -44,7 +44,8 @@ from anil.model import ConvBody, make_head
 from anil.paper.maml import layer_names, layer_params, network_params
 from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          non_negative_int, positive_float, program, resolve_device, set_threads)
+                          inner_steps, non_negative_int, positive_float, program, resolve_device,
+                          set_threads)
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.plot import line_chart, task_grid
 from anil.run.presets import preset
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"explain/ folder)")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="folder of the named datasets (default: data, or the run's)")
-    p.add_argument("--steps", type=non_negative_int, default=None, metavar="S",
+    p.add_argument("--steps", type=inner_steps, default=None, metavar="S",
                    help="S, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
     p.add_argument("--inner-lr", type=positive_float, default=None, metavar="ALPHA",
                    help="α, inner step size (default: the run's, or the glyphs preset's)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,33 @@ def positive_float(text):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+# The presets take 5 or 10 inner steps (anil/run/presets.py); each step adapts every task's
+# head once more, so a count 100x past them only runs for hours without a word.
+MAX_INNER_STEPS = 1000
+
+
+def inner_steps(text):
+    """An inner-step count: 0..MAX_INNER_STEPS."""
+    value = non_negative_int(text)
+    if value > MAX_INNER_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_INNER_STEPS}, got {text} (the presets take 5 or 10; each step adapts "
+            f"every task's head once more, so a huge count only runs for hours)")
+    return value
+
+
+def threads(text):
+    """A CPU thread count: 1..os.cpu_count(). More threads than logical CPUs only compete for
+    them, and a huge count makes torch fail to start its thread pool (a crash, not an error)."""
+    value = positive_int(text)
+    limit = os.cpu_count() or 1
+    if value > limit:
+        raise argparse.ArgumentTypeError(
+            f"at most {limit}, the number of CPUs here, got {text} (more threads than CPUs only "
+            f"compete for them)")
     return value
 
 
@@ -125,9 +153,9 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     _preset_option(algo, "--meta-batch", "meta_batch", "B, tasks per outer step", type=positive_int)
     _preset_option(algo, "--inner-lr", "inner_lr", "α, inner step size", type=positive_float)
     _preset_option(algo, "--inner-steps", "inner_steps", "S, inner steps while training",
-                   type=non_negative_int)
+                   type=inner_steps)
     _preset_option(algo, "--test-inner-steps", "test_inner_steps",
-                   "inner steps at validation and test", type=non_negative_int)
+                   "inner steps at validation and test", type=inner_steps)
     _preset_option(algo, "--outer-lr", "outer_lr", "β, Adam's learning rate", type=positive_float)
     _preset_option(algo, "--iterations", "iterations", "outer steps",
                    type=iterations_type or non_negative_int)
@@ -143,7 +171,7 @@ def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop
     group = p.add_argument_group("device and speed (none of these changes the math)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: cuda if available, else mps (Apple GPUs), else cpu")
-    group.add_argument("--threads", type=positive_int, default=None,
+    group.add_argument("--threads", type=threads, default=None,
                        help=f"CPU threads torch may use (default: torch's, "
                             f"{torch.get_num_threads()} here); use 1 when other jobs share the cores")
     if head_loop:

@@ -23,7 +23,7 @@ from anil.fast import default_speed, feature_extractor
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          non_negative_int, path_error, positive_float, positive_int, program,
+                          inner_steps, path_error, positive_float, positive_int, program,
                           resolve_device, seed, set_threads)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
@@ -52,7 +52,7 @@ def build_parser():
     task = p.add_argument_group("task and protocol (default: the run's own)")
     task.add_argument("--ways", type=positive_int, help="N, classes per task")
     task.add_argument("--shots", type=positive_int, help="K, support images per class")
-    task.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps")
+    task.add_argument("--test-inner-steps", type=inner_steps, help="inner steps")
     task.add_argument("--inner-lr", type=positive_float, help="α, inner step size")
     task.add_argument("--eval-tasks", type=positive_int, help="number of tasks")
     task.add_argument("--seed", type=seed, help="task seed (the run's gives its test tasks)")
