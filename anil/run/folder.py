@@ -20,12 +20,14 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from anil.run import checkpoint
 from anil.run.checkpoint import CheckpointError
 from anil.run.lock import FolderLock, LockError
-from anil.run.metrics import MetricsLog, plot_learning_curve, strict_json
+from anil.run.metrics import MetricsLog, strict_json
+from anil.run.plot import learning_curve_figure
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json")
 ORPHAN = re.compile(r"\.[^/]+\.tmp-[0-9]+(\.png)?")  # the temporary names of the atomic writes
@@ -263,10 +265,19 @@ class RunFolder:
         self._write("metrics.jsonl", lambda: self.metrics.append(row))
 
     def draw_curve(self, best_iteration=None, chance=None) -> None:
+        """curve.png from the metrics so far. A picture must never end a run: a drawing that
+        fails (for any reason but the disk) is a note, and the run goes on."""
         rows = self.metrics.rows() if self.writes else []
-        if rows:
-            self.write_png("curve.png", lambda path: plot_learning_curve(
-                rows, path, title=self.path.name, best_iteration=best_iteration, chance=chance))
+        if not rows:
+            return
+        try:
+            figure = learning_curve_figure(rows, title=self.path.name,
+                                           best_iteration=best_iteration, chance=chance)
+        except Exception as e:  # noqa: BLE001 - a bug in drawing must not cost the run
+            print(f"note: {self.path / 'curve.png'} not drawn ({type(e).__name__}: {e}); the "
+                  f"run goes on", file=sys.stderr)
+            return
+        self.write_png("curve.png", figure.save)
 
     def truncate_metrics(self, iteration: int) -> int:
         """On resume: drop metrics rows past the checkpoint's ``iteration`` and damaged lines;
