@@ -62,7 +62,7 @@ def describe(path: Path, names=RUN_FILES) -> str:
         try:
             summary = json.loads((path / "summary.json").read_text())
             return f"a finished run (test accuracy {100 * summary['test_accuracy']:.2f}%)"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return "a finished run"
     if (path / "checkpoint.pt").exists():
         try:
