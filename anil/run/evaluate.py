@@ -158,11 +158,21 @@ def evaluate_episodes(args, file, saved, config, device):
         errors.append(100 * (1 - accuracy))
         print(f"{e.name:<12} {e.ways:3d}-way  {len(e.query_labels):3d} queries  error "
               f"{errors[-1]:6.2f}%", flush=True)
-    mean = sum(errors) / len(errors)
-    stderr = (statistics.stdev(errors) / math.sqrt(len(errors))) if len(errors) > 1 else float("nan")
-    print(f"mean error {mean:.2f} ± {stderr:.2f}% (± one standard error over {len(errors)} "
-          f"episodes)", flush=True)
+    mean, stderr = sum(errors) / len(errors), standard_error(errors)
+    if len(errors) > 1:
+        print(f"mean error {mean:.2f} ± {stderr:.2f}% (± one standard error over {len(errors)} "
+              f"episodes)", flush=True)
+    else:
+        print(f"error {mean:.2f}% (one episode: no standard error; give a folder of several runs)",
+              flush=True)
     return mean, stderr
+
+
+def standard_error(values) -> float:
+    """The standard error of the mean, s / √n with the sample standard deviation
+    s² = (1/(n−1)) Σ (x − x̄)² (the spread of a sample of episodes, not of all episodes there
+    are); nan for fewer than two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
 if __name__ == "__main__":
