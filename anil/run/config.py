@@ -129,6 +129,7 @@ def resume_settings(parser, args, argv) -> dict:
     that would change what the run computes, naming each difference."""
     try:
         resumed = checkpoint.load(args.resume / "checkpoint.pt", kind="checkpoint")
+        checkpoint.check_config(args.resume / "checkpoint.pt", resumed)  # before building on it
     except CheckpointError as e:
         fail(f"--resume {args.resume}: {e}")
     saved, given = resumed["config"], given_options(parser, argv) - COMMANDS
