@@ -36,7 +36,8 @@ from anil.data import DatasetError, load_split
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import dataset_name, dataset_path, fail, path_error, set_threads
+from anil.run.cli import (dataset_name, dataset_path, fail, memory_error, out_of_memory,
+                          path_error, set_threads)
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.folder import RunFolder, RunFolderError
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
@@ -66,6 +67,14 @@ def main(argv=None):
         sys.exit(2 if isinstance(e, RunFolderError) else 1)
     except OSError as e:  # a path given (--out, --data-root, ...) that cannot be used
         path_error(e)
+    except (MemoryError, RuntimeError) as e:  # e.g. --meta-batch 4096 --strategy vmap
+        if args is None or not out_of_memory(e):
+            raise
+        kept = (args.out / "checkpoint.pt").exists()
+        memory_error(e, f"lower --meta-batch (now {args.meta_batch}), use --strategy chunk with a "
+                        f"smaller --chunk-size, or a smaller --hidden" + (
+                            f"; the last checkpoint is kept: python train.py --resume {args.out} "
+                            f"--meta-batch SMALLER --allow-config-change" if kept else ""))
 
 
 def train(args, resumed=None):

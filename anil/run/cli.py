@@ -274,6 +274,21 @@ def path_error(e: OSError):
     fail(f"{e.filename or 'a path'}: {advice}")
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: MemoryError (Python, numpy), torch's
+    OutOfMemoryError (CUDA), or the RuntimeError of torch's CPU allocator."""
+    cuda = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    text = str(e)
+    return isinstance(e, (MemoryError, cuda)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+
+
+def memory_error(e: BaseException, advice: str):
+    """Stop with one line for an allocation failure: what ran out, and ``advice``."""
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+    fail(f"out of memory ({detail}); {advice}")
+
+
 def dataset_path(args) -> Path:
     """The prepared dataset's folder: ``--data`` as given, or ``<data-root>/<dataset>`` (the
     built-in glyphs are generated there on first use)."""

@@ -23,8 +23,8 @@ from anil.fast import default_speed, feature_extractor
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
-                          inner_steps, path_error, positive_float, positive_int, program,
-                          resolve_device, seed, set_threads)
+                          inner_steps, memory_error, out_of_memory, path_error, positive_float,
+                          positive_int, program, resolve_device, seed, set_threads)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from data_prep.episodes import preprocess_of, read_episodes
@@ -69,6 +69,11 @@ def main(argv=None):
         evaluate_run(build_parser().parse_args(argv))
     except OSError as e:  # the run, --data-root or --episodes cannot be read
         path_error(e)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        memory_error(e, "the network and 8 tasks at a time must fit: close other programs, use a "
+                        "machine with more memory, or --device cpu if the GPU's is too small")
     except KeyboardInterrupt:
         print("\ninterrupted; nothing to save", file=sys.stderr)
         sys.exit(130)
