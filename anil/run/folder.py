@@ -120,7 +120,8 @@ class RunFolder:
                 what = describe(self.path, self.names)
                 self.close()
                 hint = (f"resume it with  python train.py --resume {self.path}  , " if "interrupted" in what
-                        else "")
+                        else "it has no checkpoint.pt, so it cannot be resumed; "
+                        if what.startswith("files of") and "checkpoint.pt" in self.names else "")
                 raise RunFolderError(f"{self.path} holds {what}; {hint}give another --out, or add "
                                      f"--overwrite to replace it")
             self._stage()

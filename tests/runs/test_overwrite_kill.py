@@ -128,3 +128,23 @@ def test_a_kill_during_the_first_checkpoint_of_an_overwrite_keeps_the_finished_r
     assert in_process([*args, "--iterations", "3", "--overwrite"], capsys)[0] == 0
     assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
     assert json.loads((run / "summary.json").read_text())["config"]["iterations"] == 3
+
+
+def test_a_run_killed_before_its_first_checkpoint_names_both_ways_out(glyph_root, tmp_path,
+                                                                      capsys):
+    """Killed during its first checkpoint write, a run leaves metrics.jsonl (and best.pt) but
+    no checkpoint.pt: --resume says there is nothing to resume and how to start again; a new
+    run there says why it cannot be resumed and how to replace it."""
+    from tests.in_process import in_process
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.6}\n')
+    (run / "best.pt").write_bytes(b"")
+    code, _, err = in_process(["--resume", run], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "stopped before its first checkpoint, so there is nothing to resume" in err
+    assert f"python train.py --out {run} --overwrite" in err
+    code, _, err = in_process(["--data-root", glyph_root, "--device", "cpu", "--out", run], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "it has no checkpoint.pt, so it cannot be resumed; give another --out, or add " \
+           "--overwrite to replace it" in err
