@@ -61,6 +61,18 @@ EXAMPLES = """examples:
   python -m anil.explain --steps 0                        no inner loop: no second-order part"""
 
 
+NOTES_FILE = Path(__file__).resolve().parents[1] / "docs" / "design.md"  # in a clone, not in a wheel
+
+
+def design_notes() -> str:
+    """Where the docs/design.md sections cited below live: a clone has the file; an installed
+    package does not ship docs/, so the reader is told where to find it."""
+    if NOTES_FILE.is_file():
+        return "docs/design.md"
+    return ("the docs/design.md#... sections cited are in the anil source repository's docs/ "
+            "folder, not installed with the package")
+
+
 # ------------------------------------------------------------------------------ the quantities
 
 
@@ -329,7 +341,7 @@ def explain(args) -> Walkthrough:
         out = args.run / "explain" if args.run.is_dir() else args.run.parent / f"explain-{args.run.stem}"
 
     n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
-    print(f"ANIL, one task through the equations (Raghu et al. 2019; docs/design.md)\n"
+    print(f"ANIL, one task through the equations (Raghu et al. 2019; {design_notes()})\n"
           f"network: {what}; {len(body.blocks)} conv blocks of {config.hidden} filters and a "
           f"{config.ways}-way linear head, {n_params:,} parameters; device {device}\n"
           f"task: {dataset_name(config)} ({path}), test split, task {args.task} "

@@ -102,9 +102,33 @@ def program(name: str) -> str:
     return invoked if invoked.startswith("anil-") else name
 
 
+# The commands of a clone and their installed names (pyproject.toml's [project.scripts]).
+INSTALLED_NAMES = {"python train.py": "anil-train", "python evaluate.py": "anil-evaluate",
+                   "python -m anil.paper.compare": "anil-compare",
+                   "python -m anil.paper.analysis": "anil-analysis",
+                   "python -m anil.explain": "anil-explain",
+                   "python -m data_prep.folder": "anil-prepare folder",
+                   "torchrun --nproc_per_node=4 train.py": "torchrun --nproc_per_node=4 -m anil.train"}
+
+
+def as_invoked(text: str) -> str:
+    """``text`` with the commands named as the user runs them: run as an installed anil-*
+    script, ``python train.py --resume ...`` reads ``anil-train --resume ...`` (there is no
+    train.py outside a clone)."""
+    if not Path(sys.argv[0]).name.startswith("anil-"):
+        return text
+    for clone, installed in INSTALLED_NAMES.items():
+        text = text.replace(clone, installed)
+    return text
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's and epilog's line breaks, and shows "(default: X)" only for
-    options that have a real default and do not already say it (preset options say theirs)."""
+    options that have a real default and do not already say it (preset options say theirs).
+    Run as an installed script, the examples name the installed commands (``as_invoked``)."""
+
+    def _fill_text(self, text, width, indent):
+        return as_invoked(super()._fill_text(text, width, indent))
 
     def _get_help_string(self, action):
         text = action.help or ""

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.commands.test_commands import console_scripts
+from tests.commands.test_commands import ROOT, console_scripts
 
 TINY = ["--iterations", "1", "--meta-batch", "2", "--hidden", "4", "--inner-steps", "1",
         "--test-inner-steps", "1", "--eval-tasks", "2", "--device", "cpu", "--threads", "1"]
@@ -51,3 +51,47 @@ def test_installed_commands_exit_0_after_a_real_run(glyph_root, tmp_path, monkey
         # sys.exit(None) is status 0; sys.exit(a dict) prints it to stderr and is status 1.
         assert code in (None, 0), f"{name} exited {str(code)[:200]}; stderr: {err[-300:]}"
         assert "accuracy" in out, name  # it did run
+
+
+@pytest.mark.parametrize("name", ["anil-train", "anil-evaluate", "anil-compare", "anil-analysis",
+                                  "anil-explain"])
+def test_installed_help_names_the_installed_commands(name, monkeypatch, capsys):
+    """There is no train.py outside a clone: run as anil-*, --help's examples say anil-*."""
+    code, out, _ = wrapper_status(name, ["--help"], monkeypatch, capsys)
+    assert code == 0 and f"usage: {name}" in out
+    for clone in ("python train.py", "python evaluate.py", "python -m anil."):
+        assert clone not in out, (name, clone)
+    if "examples:" in out:  # (anil-analysis has none)
+        examples = out.split("examples:", 1)[1]
+        assert f"  {name} " in examples or f"  {name}\n" in examples, examples
+        assert " train.py " not in examples  # torchrun's line: -m anil.train
+
+
+def test_help_in_a_clone_keeps_the_clone_commands(monkeypatch, capsys):
+    from anil import train
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "  python train.py --resume runs/glyphs-5w1s" in capsys.readouterr().out
+
+
+def test_explain_says_where_the_cited_design_notes_live(monkeypatch, tmp_path):
+    from anil import explain
+    assert explain.NOTES_FILE.is_file()  # in a clone: the file itself
+    assert explain.design_notes() == "docs/design.md"
+    monkeypatch.setattr(explain, "NOTES_FILE", tmp_path / "site-packages" / "docs" / "design.md")
+    assert "in the anil source repository's docs/ folder, not installed with the package" in \
+        explain.design_notes()
+
+
+def test_readme_own_images_says_clone_and_names_the_installed_commands():
+    section = (ROOT / "README.md").read_text().split("## Your own images", 1)[1].split("\n## ", 1)[0]
+    assert "In a clone; installed: `anil-prepare folder`, `anil-train`, `anil-evaluate`." in section
+    assert {"anil-prepare", "anil-train", "anil-evaluate"} <= set(console_scripts())
+
+
+def test_the_license_file_is_the_mit_license_pyproject_declares():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the anil authors\n")
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND" in text
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
