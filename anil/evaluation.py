@@ -11,11 +11,12 @@ needs a graph: the body runs under ``torch.inference_mode`` and the head loop un
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from anil.fast import HEAD_LOOP, Speed, default_speed, feature_extractor
+from anil.fast import HEAD_LOOP_FUNCTIONS, Speed, default_speed, feature_extractor
 from anil.sampler import TaskSampler, support_query
 
 
@@ -46,7 +47,7 @@ def task_accuracies(body, head, images, labels, step_size: float, steps: int,
     (support_features, query_features), (support_labels, query_labels) = (
         support_query(features, dim=1), support_query(labels, dim=1))
     with torch.no_grad():
-        _, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,
+        _, accuracies = HEAD_LOOP_FUNCTIONS[head_loop](head, params, support_features, support_labels,
                                              query_features, query_labels, step_size, steps)
     return accuracies
 
@@ -61,7 +62,7 @@ def episode_accuracy(body, head, support_images, support_labels, query_images, q
         features = body(torch.cat([support_images, query_images])).to(params["weight"].dtype)
         support_features, query_features = features[:len(support_images)], features[len(support_images):]
         # A batch of one task, so that both head loops (vmapped torch.func, closed form) apply.
-        _, accuracy = HEAD_LOOP[head_loop](head, params, support_features[None], support_labels[None],
+        _, accuracy = HEAD_LOOP_FUNCTIONS[head_loop](head, params, support_features[None], support_labels[None],
                                            query_features[None], query_labels[None], step_size, steps)
     return accuracy.item()
 
@@ -73,7 +74,9 @@ def accuracies_of(body, head, sampler: TaskSampler, task_ids, step_size: float, 
     process), ``tasks_per_call`` tasks at a time. ``progress(done, total)``, if given, is
     called after each group (a progress bar; it may raise to abandon the evaluation)."""
     task_ids = list(task_ids)
-    features_fn = features_fn or feature_extractor(body, default_speed(device))
+    if features_fn is None:  # the measured default, minus channels-last: that would convert the
+        # caller's body in place (train.py and evaluate.py own their body and pass theirs)
+        features_fn = feature_extractor(body, replace(default_speed(device), channels_last=False))
     accuracies = []
     for start in range(0, len(task_ids), tasks_per_call):
         tasks = [sampler.task(i) for i in task_ids[start:start + tasks_per_call]]
@@ -91,7 +94,10 @@ def evaluate(body, head, sampler: TaskSampler, num_tasks: int, step_size: float,
              tasks_per_call: int = 8, progress=None):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler`` (the same tasks on every call).
 
-    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options."""
+    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options. The body
+    and head are left as they were (no layout change): for a channels-last body, pass
+    ``features_fn=anil.fast.feature_extractor(body, anil.fast.default_speed(device))``, which
+    converts the body's weights in place (as train.py does with the body it owns)."""
     accuracies = accuracies_of(body, head, sampler, range(num_tasks), step_size, steps, device,
                                features_fn, head_loop, tasks_per_call, progress)
     mean, ci = mean_ci95(accuracies)

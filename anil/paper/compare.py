@@ -26,8 +26,8 @@ from anil.model import ConvBody, make_head
 from anil.paper import maml, nil
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
                           dataset_name, dataset_path, fail, path_error, positive_int, program,
-                          resolve_device, set_threads)
-from anil.run.folder import RunFolder, RunFolderError, fresh_name
+                          resolve_device, set_threads, user_error)
+from anil.run.run_folder import RunFolder, RunFolderError, fresh_name
 from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
@@ -130,7 +130,7 @@ def compare(args, device, folder):
         test = samplers["test"]()
         samplers["train"]()  # validate ways/shots against the training split now
     except (DatasetError, SamplerError) as e:
-        fail(str(e))
+        fail(user_error(e))
     channels, height, width = splits["train"].image_shape
     if height != width:
         fail(f"{path}: images are {height}x{width}; the conv body expects square images")

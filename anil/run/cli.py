@@ -9,88 +9,15 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from anil.argtypes import (MAX_INNER_STEPS, SEED_LIMIT, inner_steps, non_negative_int,  # noqa: F401
+                           positive_float, positive_int, seed, threads)
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
 from anil.run.presets import OWN_DATA, PRESETS, preset
-
-SEED_LIMIT = 2 ** 32  # numpy's global seed must lie in [0, 2**32)
-
-
-# ------------------------------------------------------------------------------ argument types
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-# The presets take 5 or 10 inner steps (anil/run/presets.py); each step adapts every task's
-# head once more, so a count 100x past them only runs for hours without a word.
-MAX_INNER_STEPS = 1000
-
-
-def inner_steps(text):
-    """An inner-step count: 0..MAX_INNER_STEPS."""
-    value = non_negative_int(text)
-    if value > MAX_INNER_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"at most {MAX_INNER_STEPS}, got {text} (the presets take 5 or 10; each step adapts "
-            f"every task's head once more, so a huge count only runs for hours)")
-    return value
-
-
-def threads(text):
-    """A CPU thread count: 1..os.cpu_count(). More threads than logical CPUs only compete for
-    them, and a huge count makes torch fail to start its thread pool (a crash, not an error)."""
-    value = positive_int(text)
-    limit = os.cpu_count() or 1
-    if value > limit:
-        raise argparse.ArgumentTypeError(
-            f"at most {limit}, the number of CPUs here, got {text} (more threads than CPUs only "
-            f"compete for them)")
-    return value
-
-
-def seed(text):
-    """A random seed: an integer in [0, 2**32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must lie in 0..{SEED_LIMIT - 1}, got {text}")
-    return value
-
 
 # ------------------------------------------------------------------------------- help output
 
@@ -139,12 +66,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def preset_values(key: str) -> str:
-    """'5 for glyphs, mini-imagenet, ...; 20 for omniglot, omniglot-rot': a preset option's value
-    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset)."""
+    """'5 for glyphs, mini-imagenet, ..., --data alone; 20 for omniglot, omniglot-rot': a preset
+    option's value per dataset (``--data`` without ``--dataset`` takes the defaults for any
+    dataset; ``--data`` with ``--dataset NAME`` takes NAME's)."""
     by_value = {}
     for name, values in PRESETS.items():
         by_value.setdefault(values[key], []).append(name)
-    by_value.setdefault(OWN_DATA[key], []).append("--data")
+    by_value.setdefault(OWN_DATA[key], []).append("--data alone")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
     return "; ".join(f"{shown(value)} for {', '.join(names)}" for value, names in by_value.items())
 
@@ -169,7 +97,8 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     _preset_option(task, "--shots", "shots", "K, support (and query) images per class",
                    type=positive_int)
     task.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
-                      help="rotate each class of a task by k·90°, k drawn per class per task "
+                      help="rotate each class of a task by k·90°, k drawn per class per task; "
+                           "--data with --dataset NAME rotates as NAME does "
                            f"(preset: {preset_values('rotate')})")
     task.add_argument("--seed", type=seed, default=0,
                       help="seed of the initial weights and of the train/val/test task streams")
@@ -230,6 +159,8 @@ def apply_preset(args, extra: dict | None = None) -> None:
     if args.dataset is None and not getattr(args, "data", None):
         args.dataset = "glyphs"
     values = {**(preset(args.dataset) if args.dataset else OWN_DATA), **(extra or {})}
+    if getattr(args, "data", None):  # a folder made by some command, not the preset's: none recorded
+        values["prepare"] = None
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -271,6 +202,16 @@ def set_threads(threads: int | None) -> int:
 
 
 # ------------------------------------------------------------------------------ errors, data
+
+
+def user_error(e: Exception) -> str:
+    """A library error's message for a command-line user: a SamplerError's remedy in flags."""
+    setting = getattr(e, "setting", None)
+    if setting is None:
+        return str(e)
+    flag = {"ways": f"--ways {e.fix} or fewer", "shots": f"--shots {e.fix} or fewer",
+            "rotate": "--no-rotate"}[setting]
+    return f"{e.problem}; use {flag}"
 
 
 def fail(message: str):

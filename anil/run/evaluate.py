@@ -24,7 +24,8 @@ from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, net
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
                           inner_steps, memory_error, out_of_memory, path_error, positive_float,
-                          positive_int, program, resolve_device, seed, set_threads)
+                          positive_int, program, resolve_device, seed, set_threads,
+                          user_error)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from data_prep.episodes import preprocess_of, read_episodes
@@ -104,7 +105,7 @@ def evaluate_run(args):
                               seed=split_seed(config.seed, args.split), rotate=config.rotate)
         body, head = network_from(saved, config.ways)
     except (DatasetError, SamplerError) as e:
-        fail(str(e))
+        fail(user_error(e))
     except CheckpointError as e:
         fail(f"{file}: {e}")
     trained_on = image_shape(saved["config"])

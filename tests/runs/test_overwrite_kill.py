@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from anil.run import folder as folder_module
-from anil.run.folder import RUN_FILES, RunFolder
+from anil.run import run_folder as folder_module
+from anil.run.run_folder import RUN_FILES, RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from anil.run.folder import RunFolder
+from anil.run.run_folder import RunFolder
 from anil.run.plot import TRAIN, learning_curve_figure, line_figure, nice_ticks
 
 BIG = sys.float_info.max  # 1.797e308
@@ -57,7 +57,7 @@ def test_ticks_of_extreme_ranges_lie_in_the_range(low, high):
 
 
 def test_a_drawing_that_fails_is_a_note_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-    import anil.run.folder as folder_module
+    import anil.run.run_folder as folder_module
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")

@@ -10,7 +10,7 @@ import pytest
 
 from anil.paper import compare
 from anil.run import checkpoint
-from anil.run.folder import RunFolder, RunFolderError
+from anil.run.run_folder import RunFolder, RunFolderError
 from tests.in_process import in_process
 
 TINY = ["--iterations", "1", "--meta-batch", "2", "--hidden", "4", "--inner-steps", "1",

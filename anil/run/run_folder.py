@@ -25,7 +25,7 @@ from pathlib import Path
 
 from anil.run import checkpoint
 from anil.run.checkpoint import CheckpointError
-from anil.run.lock import FolderLock, LockError
+from anil.lock import FolderLock, LockError
 from anil.run.metrics import MetricsLog, strict_json
 from anil.run.plot import learning_curve_figure
 
