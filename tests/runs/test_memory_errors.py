@@ -29,14 +29,14 @@ def test_out_of_memory_is_recognised_and_other_errors_are_not(error):
 
 
 def test_a_meta_batch_that_does_not_fit_is_one_line(glyph_root, tmp_path, monkeypatch, capsys):
-    real, calls = fast.train_step, []
+    real, calls = fast.meta_gradient, []
 
-    def train_step(*args, **kwargs):  # the second meta-batch does not fit
+    def meta_gradient(*args, **kwargs):  # the second meta-batch does not fit
         calls.append(1)
         if len(calls) == 2:
             raise CPU_ALLOCATOR
         return real(*args, **kwargs)
-    monkeypatch.setattr(fast, "train_step", train_step)
+    monkeypatch.setattr(fast, "meta_gradient", meta_gradient)
     out = tmp_path / "run"
     code, _, err = in_process(["--data-root", glyph_root, *TINY, "--out", out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
