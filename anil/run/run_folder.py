@@ -16,6 +16,7 @@ and the old run stays as it was, usable (see ``commit``); every file is written 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -34,6 +35,10 @@ ORPHAN = re.compile(r"\.[^/]+\.tmp-[0-9]+(\.png)?")  # the temporary names of th
 # A replacing run's files before its commit, and after it (with MANIFEST, its list of files)
 # while they are moved into place; see RunFolder.commit.
 STAGING, SWAP, MANIFEST = ".new-run", ".new-run.swap", "files.json"
+# What to do when a write fails, by its error (the rest: free space or fix the permissions).
+FIXES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (a disk quota is full)",
+         errno.EFBIG: "raise this process's file-size limit (ulimit -f)",
+         errno.EACCES: "fix the permissions", errno.EROFS: "use a writable disk"}
 
 
 class RunFolderError(RuntimeError):
@@ -218,14 +223,15 @@ class RunFolder:
             if name == "checkpoint.pt":
                 self.commit()
         except OSError as e:
+            fix = FIXES.get(e.errno, "free space or fix the permissions")
             if self.staging is not None:
-                after = (f"; {self.path} is kept as it was (nothing of this run is kept): free "
-                         f"space or fix the permissions, then run again")
+                after = (f"; {self.path} is kept as it was (nothing of this run is kept): {fix}, "
+                         f"then run again")
             elif "checkpoint.pt" in self.files and self.files["checkpoint.pt"].exists():
-                after = (f"; the previous checkpoint is intact: free space or fix the "
-                         f"permissions, then resume with  python train.py --resume {self.path}")
+                after = (f"; the previous checkpoint is intact: {fix}, then resume with  python "
+                         f"train.py --resume {self.path}")
             else:
-                after = "; free space or fix the permissions, then run again"
+                after = f"; {fix}, then run again"
             raise RunFolderError(f"cannot write {self.path / name} ({e.strerror or e}){after}") from None
 
     def save(self, name: str, obj: dict) -> None:

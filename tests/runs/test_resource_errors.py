@@ -35,7 +35,9 @@ def test_a_failed_write_of_a_file_set_without_checkpoint_is_one_error(tmp_path, 
     try:
         folder.save("anil.pt", {"kind": "weights"})
         with pytest.raises(RunFolderError, match=r"cannot write .*maml\.pt \(File too large\); "
-                                                 r".* is kept as it was"):
+                                                 r".* is kept as it was \(nothing of this run is "
+                                                 r"kept\): raise this process's file-size limit "
+                                                 r"\(ulimit -f\), then run again"):
             folder.save("maml.pt", {"kind": "weights"})
     finally:
         folder.close()
