@@ -34,7 +34,7 @@ def mean_ci95(values) -> tuple[float, float]:
 
 def task_accuracies(body, head, images, labels, step_size: float, steps: int,
                     features_fn=None, head_loop: str = "torch.func") -> torch.Tensor:
-    """Query accuracy after S inner steps for each of b tasks, images [b, 2NK, C, H, W].
+    """Query accuracy after m inner steps for each of b tasks, images [b, 2NK, C, H, W].
 
     Each task goes through the body in one call on its support and query images (its own
     batch-norm statistics); the b heads then adapt together in one vmapped head loop."""

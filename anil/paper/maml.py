@@ -4,9 +4,9 @@
 Write φ = (θ, w) for all parameters of body and head, and φ_A ⊆ φ for the ones the inner loop
 adapts (the rest, φ_F, stay at their meta-learned values). For task T_i:
 
-    φ_A,i^(0) = φ_A,    φ_A,i^(s+1) = φ_A,i^(s) − α ∇_φ_A L(S_i; φ_F, φ_A,i^(s)),    s = 0..S−1
+    φ_A,i^(0) = φ_A,    φ_A,i^(s+1) = φ_A,i^(s) − α ∇_φ_A L(S_i; φ_F, φ_A,i^(s)),    s = 0..m−1
 
-and the outer loop minimises (1/B) Σ_i L(Q_i; φ_F, φ_A,i^(S)(φ)) over all of φ.
+and the outer loop minimises (1/B) Σ_i L(Q_i; φ_F, φ_A,i^(m)(φ)) over all of φ.
 
 * MAML: φ_A = φ (every layer adapts); the default here.
 * ANIL: φ_A = w (the head only). ``anil.algorithm`` is the fast special case: with θ fixed in the
@@ -21,7 +21,7 @@ support loss). ``first_order=True`` detaches each inner gradient (first-order MA
 Batch norm: the whole network runs on the task's support and query images together at every
 step, and the loss takes the support positions only, so batch statistics are those of the whole
 task, exactly as in ``anil.algorithm`` (which runs the body once on support + query). The body
-runs S + 1 times per task (S inner steps, one query pass), which is MAML's extra cost.
+runs m + 1 times per task (m inner steps, one query pass), which is MAML's extra cost.
 
 Parameters are one flat dict with the names of ``network_params``: ``body.<name>`` and
 ``head.<name>``.
@@ -79,7 +79,7 @@ def layer_params(body: nn.Module, head: nn.Module, layers) -> list[str]:
 def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor,
           labels: torch.Tensor, step_size: float, steps: int, first_order: bool = False,
           adapted: list[str] | None = None) -> Params:
-    """S steps of φ_A ← φ_A − α ∇_φ_A L(S; φ_F, φ_A) on the support set (even positions).
+    """m steps of φ_A ← φ_A − α ∇_φ_A L(S; φ_F, φ_A) on the support set (even positions).
 
     ``adapted`` names the parameters in φ_A (default: all of them, i.e. MAML). Returns the full
     parameter dict with the adapted entries replaced. The network runs on all of ``images``
@@ -108,7 +108,7 @@ def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor
 
 def task_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
               adapted: list[str] | None = None):
-    """L(Q_i; φ_F, φ_A,i^(S)) for one task, and the query accuracy of the adapted network."""
+    """L(Q_i; φ_F, φ_A,i^(m)) for one task, and the query accuracy of the adapted network."""
     params = adapt(body, head, network_params(body, head), images, labels, step_size, steps,
                    first_order, adapted)
     _, logits = support_query(network_forward(body, head, params, images))
@@ -119,7 +119,7 @@ def task_loss(body, head, images, labels, step_size: float, steps: int, first_or
 
 def meta_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
               adapted: list[str] | None = None):
-    """(1/B) Σ_i L(Q_i; φ_F, φ_A,i^(S)) over images [B, 2NK, C, H, W], labels [B, 2NK]."""
+    """(1/B) Σ_i L(Q_i; φ_F, φ_A,i^(m)) over images [B, 2NK, C, H, W], labels [B, 2NK]."""
     losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order, adapted)
                                for x, y in zip(images, labels)))
     return torch.stack(losses).mean(), torch.stack(accuracies).mean()
@@ -137,7 +137,7 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
 
 def task_accuracy(body, head, images, labels, step_size: float, steps: int,
                   adapted: list[str] | None = None) -> float:
-    """Query accuracy after S inner steps on the support set, adapting ``adapted`` (default all).
+    """Query accuracy after m inner steps on the support set, adapting ``adapted`` (default all).
     No outer graph is kept (``torch.func.grad`` still differentiates the inner loop)."""
     with torch.no_grad():
         return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)[1].item()

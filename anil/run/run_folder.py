@@ -271,15 +271,16 @@ class RunFolder:
     def log(self, row: dict) -> None:
         self._write("metrics.jsonl", lambda: self.metrics.append(row))
 
-    def draw_curve(self, best_iteration=None, chance=None) -> None:
-        """curve.png from the metrics so far. A picture must never end a run: a drawing that
-        fails (for any reason but the disk) is a note, and the run goes on."""
+    def draw_curve(self, best_iteration=None, chance=None, **marks) -> None:
+        """curve.png; ``marks``: the test and untrained marks and caption (``curve_marks``). A
+        picture must never end a run: a drawing that fails (for any reason but the disk) is a
+        note, and the run goes on."""
         rows = self.metrics.rows() if self.writes else []
         if not rows:
             return
         try:
             figure = learning_curve_figure(rows, title=self.path.name,
-                                           best_iteration=best_iteration, chance=chance)
+                                           best_iteration=best_iteration, chance=chance, **marks)
         except Exception as e:  # noqa: BLE001 - a bug in drawing must not cost the run
             print(f"note: {self.path / 'curve.png'} not drawn ({type(e).__name__}: {e}); the "
                   f"run goes on", file=sys.stderr)
