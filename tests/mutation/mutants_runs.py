@@ -1,7 +1,7 @@
 """Mutants of the run machinery around the loop: the run's state, its folder, the metrics log
 and train.py's loop (the format: mutants.py)."""
 
-from mutants import mutant, CHECKPOINT, DIST, LOOP
+from mutants import mutant, CHECKPOINT, LOOP
 
 # ----------------------------------------------------------------------------- anil/run/state.py
 F = "anil/run/state.py"
@@ -147,7 +147,8 @@ mutant("train/loop-batch-twice", F,
 mutant("train/loop-no-average", F,
        "            loss, accuracy = distributed.average_gradients(ctx, run.parameters(), loss, accuracy)\n",
        "            loss, accuracy = float(loss), float(accuracy)\n",
-       "under torchrun each process steps with its own share's gradient", DIST)
+       "under torchrun each process steps with its own share's gradient",
+       "tests/runs/test_distributed.py -k torchrun_two_processes_match_one_process")
 
 # ---------------------------------------------------------------- fixed episodes (evaluate.py)
 mutant("episodes/labels-in-line-order", "data_prep/episodes.py",
