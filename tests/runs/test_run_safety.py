@@ -79,7 +79,10 @@ def test_zero_iterations_tests_the_untrained_network(glyph_root, tmp_path, capsy
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] == summary["untrained_test_accuracy"]  # the same weights
-    assert summary["tested"] == {"weights": "last", "iteration": 0} and summary["history"] == []
+    assert summary["tested"] == {"weights": "last", "iteration": 0}
+    # the history holds only the untrained network's validation, the curve's first point
+    assert [set(row) for row in summary["history"]] == [{"iteration", "seconds", "val_accuracy", "val_ci95"}]
+    assert summary["history"][0]["iteration"] == 0
     assert "untrained network" in stdout and "test accuracy" in stdout
 
 
