@@ -31,8 +31,9 @@ from anil.paper import maml
 from anil.paper.cka import linear_cka
 from anil.paper.feature_reuse import layer_outputs
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
-                          positive_int, program, resolve_device, set_threads)
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+                          path_error, positive_int, program, resolve_device, set_threads,
+                          user_error)
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
 from anil.run.results import ResultsError, write_results
@@ -102,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """``anil-analysis``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
+    try:
+        run(build_parser().parse_args(argv))
+    except OSError as e:  # the checkpoint, --data-root or --out cannot be used
+        path_error(e)
+
+
+def run(args) -> dict:
+    """Analyse with the parsed ``args``; returns the results (the analysis JSON's contents)."""
     device = torch.device(resolve_device(args.device))
     set_threads(args.threads)
     if not args.checkpoint.exists():

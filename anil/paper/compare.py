@@ -34,8 +34,8 @@ from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.paper import maml, nil
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
-                          dataset_name, dataset_path, fail, user_error, positive_int, program, resolve_device,
-                          set_threads)
+                          dataset_name, dataset_path, fail, path_error, positive_int, program,
+                          resolve_device, set_threads, user_error)
 from anil.run.run_folder import RunFolder, RunFolderError, fresh_name
 from anil.run.plot import bar_chart
 from anil.run.results import ResultsError, write_results
@@ -116,10 +116,19 @@ def timed(fn):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """``anil-compare``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
+    try:
+        run(parse_args(argv))
+    except OSError as e:  # --out or --data-root cannot be used
+        path_error(e)
+
+
+def run(args) -> dict:
+    """Compare with the parsed ``args``; returns the summary (summary.json's contents)."""
     device = torch.device(args.device)
     set_threads(args.threads)
-    folder = RunFolder(args.out, names=OUTPUTS)
+    # All or nothing: the outputs appear together once all are written (a full disk leaves none).
+    folder = RunFolder(args.out, names=OUTPUTS, all_or_nothing=True)
     start = time.perf_counter()
     try:
         with folder.open(resuming=False, overwrite=args.overwrite):  # before minutes of training
@@ -254,6 +263,7 @@ def write_outputs(args, folder, models, summary):
               f"{args.iterations} training iterations, {args.eval_tasks} test tasks (95% CI)",
         ylabel="test accuracy", ylim=(0, 100), chance=100 / args.ways, tick_format="{:g}%",
         value_format="{value:.1f} ± {error:.1f}%"))
+    folder.commit()
     print(f"wrote {args.out}/anil.pt, maml.pt, summary.json, compare.png")
 
 

@@ -101,17 +101,18 @@ def test_the_first_order_row_trains_without_the_second_order_term(glyph_root, tm
 
     monkeypatch.setattr(compare.fast, "train_step", spy(compare.fast.train_step, "anil"))
     monkeypatch.setattr(compare.maml, "meta_train_step", spy(compare.maml.meta_train_step, "maml"))
-    summary = compare.main(["--data-root", str(glyph_root), "--iterations", "2", "--meta-batch", "1",
-                            "--hidden", "2", "--inner-steps", "1", "--test-inner-steps", "1",
-                            "--eval-tasks", "2", "--out", str(tmp_path / "c")])
+    summary = compare.run(compare.parse_args(
+        ["--data-root", str(glyph_root), "--iterations", "2", "--meta-batch", "1", "--hidden", "2",
+         "--inner-steps", "1", "--test-inner-steps", "1", "--eval-tasks", "2", "--out", str(tmp_path / "c")]))
     assert calls == [("anil", False, True)] * 2 + [("anil", True, True)] * 2 + [("maml", False, False)] * 2
     assert summary["rows"]["ANIL (1st order)"]["train_seconds_per_iteration"] > 0
 
 
 def test_compare_with_first_order_has_no_separate_first_order_row(glyph_root, tmp_path):
-    summary = compare.main(["--data-root", str(glyph_root), "--iterations", "1", "--meta-batch", "1",
-                            "--hidden", "2", "--inner-steps", "1", "--test-inner-steps", "1",
-                            "--eval-tasks", "2", "--first-order", "--out", str(tmp_path / "c")])
+    summary = compare.run(compare.parse_args(
+        ["--data-root", str(glyph_root), "--iterations", "1", "--meta-batch", "1", "--hidden", "2",
+         "--inner-steps", "1", "--test-inner-steps", "1", "--eval-tasks", "2", "--first-order",
+         "--out", str(tmp_path / "c")]))
     assert list(summary["rows"]) == ["ANIL", "MAML", "NIL (ANIL body)", "NIL (MAML body)",
                                      "NIL (untrained)"]
     assert "over_seeds" not in summary  # one seed: no spread over seeds to report
@@ -146,8 +147,8 @@ def test_analysis_prints_freezing_and_cka_tables_and_draws_the_png(compared, gly
 def test_analysis_of_an_anil_model_finds_the_body_unchanged(compared, glyph_root):
     """ANIL adapts the head only, so every body layer's CKA is exactly 1."""
     out, _ = compared
-    result = analysis.main(["--checkpoint", str(out / "anil.pt"), "--data-root", str(glyph_root),
-                            "--tasks", "2"])
+    result = analysis.run(analysis.build_parser().parse_args(
+        ["--checkpoint", str(out / "anil.pt"), "--data-root", str(glyph_root), "--tasks", "2"]))
     cka = result["cka_before_after"]
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         assert cka[layer]["mean"] == pytest.approx(1.0, abs=1e-9)
