@@ -216,7 +216,8 @@ def average_gradients(ctx: Context, params, loss, accuracy) -> tuple[float, floa
     process then takes the same step. The reported loss and accuracy are averaged in the same
     all-reduce. Alone, nothing is averaged: returns (loss, accuracy) as floats."""
     params = list(params)
-    stats = torch.tensor([float(loss), float(accuracy)], device=params[0].device)
+    stats = torch.tensor([float(torch.as_tensor(loss).detach()), float(accuracy)],
+                         device=params[0].device)  # (the readable path's loss is a graph node)
     if ctx.distributed:
         for p in params:  # every process must send the same tensors, even for an unused parameter
             if p.grad is None:

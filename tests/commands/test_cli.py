@@ -23,7 +23,7 @@ def test_tiny_run_writes_summary_and_weights(glyph_root, tmp_path):
     assert "test accuracy" in r.stdout and "untrained network" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test_accuracy"] <= 1 and summary["config"]["ways"] == 5
-    assert [row["iteration"] for row in summary["history"]] == [1, 2, 3]
+    assert [row["iteration"] for row in summary["history"]] == [0, 1, 2, 3]  # 0: untrained validation
     assert "val_accuracy" in summary["history"][1] and "val_accuracy" in summary["history"][2]
     weights = torch.load(out / "model.pt", weights_only=True)
     assert set(weights) >= {"body", "head", "config"}
