@@ -279,14 +279,15 @@ def make_train_step(body, head, optimizer, args, ctx):
     that evaluation shares."""
     average = ctx.average if ctx.distributed else None  # the gradient all-reduce
     options = dict(step_size=args.inner_lr, steps=args.inner_steps, first_order=args.first_order,
-                   average=average)
+                   average=average, batch_norm=args.batch_norm)
     if args.strategy == "reference":
         speed = fast.Speed(head_loop=args.head_loop)  # evaluation: plain NCHW float32 body
         return (partial(algorithm.meta_train_step, body, head, optimizer, **options),
-                fast.feature_extractor(body, speed))
+                fast.feature_extractor(body, speed, batch_norm=args.batch_norm))
     speed = fast.Speed(args.strategy, args.chunk_size, args.batch_body, args.precision,
                        args.channels_last, args.head_loop, compile_head=args.compile)
-    features_fn = fast.feature_extractor(body, speed, compile=args.compile)
+    features_fn = fast.feature_extractor(body, speed, compile=args.compile,
+                                         batch_norm=args.batch_norm)
     return (partial(fast.train_step, body, head, optimizer, speed=speed, features_fn=features_fn,
                     **options), features_fn)
 
@@ -302,7 +303,8 @@ def make_tester(body, head, args, ctx, features_fn, stop):
             bar.update(done)
 
         body.eval(), head.eval()
-        options = dict(features_fn=features_fn, head_loop=args.head_loop, progress=progress)
+        options = dict(features_fn=features_fn, head_loop=args.head_loop, progress=progress,
+                       batch_norm=args.batch_norm)
         try:
             if ctx.distributed:  # each process scores every P-th task; accuracies gathered in order
                 return distributed.evaluate_sharded(ctx, body, head, sampler, num_tasks,
@@ -320,7 +322,7 @@ def print_setup(args, body, head, ctx, threads) -> None:
     order = "first" if args.first_order else "second"
     print(f"ANIL on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
           f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
-          f"at test), {order} order, Adam β={args.outer_lr}, {args.iterations} iterations, "
+          f"at test), {order} order, batch norm {args.batch_norm}, Adam β={args.outer_lr}, {args.iterations} iterations, "
           f"{n_params:,} parameters, device {ctx.device}"
           + (f" × {ctx.world_size} processes" if ctx.distributed else f", {threads} thread{'s' if threads > 1 else ''}"),
           flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
+from anil.model import BATCH_NORMS
 from anil.run.presets import OWN_DATA, PRESETS, preset
 
 SEED_LIMIT = 2 ** 32  # numpy's global seed must lie in [0, 2**32)
@@ -132,6 +133,11 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
                    type=iterations_type or non_negative_int)
     algo.add_argument("--first-order", action="store_true",
                       help="first-order ANIL: inner gradients treated as constants")
+    algo.add_argument("--batch-norm", choices=BATCH_NORMS, default="task",
+                      help="batch-norm statistics over: the whole task (support and query "
+                           "together, learn2learn), 'separate' (support and query each their "
+                           "own, the MAML reference code) or 'support' (the support set's for "
+                           "both: no query depends on another; docs/design.md)")
     _preset_option(algo, "--hidden", "hidden", "conv filters per block", type=positive_int)
     return task
 
