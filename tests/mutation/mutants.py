@@ -138,9 +138,9 @@ mutant("model/bn-momentum", F,
        "another batch-norm momentum", MODEL,
        equivalent="momentum only updates running statistics, and none are kept")
 mutant("model/relu-before-norm", F,
-       "self.pool(torch.relu(self.norm(self.conv(x))))",
-       "self.pool(self.norm(torch.relu(self.conv(x))))",
-       "ReLU before batch norm", MODEL)
+       "        x = self.conv(x)\n",
+       "        x = torch.relu(self.conv(x))\n",
+       "ReLU before batch norm (as well as after)", MODEL)
 mutant("model/bn-weight-ones", F,
        "        nn.init.uniform_(self.norm.weight)  # learn2learn: BN weight ~ U(0, 1)\n",
        "",
@@ -226,12 +226,12 @@ mutant("maml/ascent", F,
        "fast = {k: fast[k] + step_size * grads[k] for k in fast}",
        "inner loop steps up the gradient", MAML)
 mutant("maml/support-odd", F,
-       "support_logits, _ = support_query(network_forward(",
-       "_, support_logits = support_query(network_forward(",
+       "return support_query(network_forward(body, head, params, images))[0]",
+       "return support_query(network_forward(body, head, params, images))[1]",
        "inner loop adapts on the query positions", MAML)
 mutant("maml/query-even", F,
-       "_, logits = support_query(network_forward(body, head, params, images))",
-       "logits, _ = support_query(network_forward(body, head, params, images))",
+       "return support_query(network_forward(body, head, params, images))[1]",
+       "return support_query(network_forward(body, head, params, images))[0]",
        "outer loss scored on the support positions", MAML)
 mutant("maml/meta-loss-sum", F,
        "return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -242,8 +242,8 @@ mutant("maml/layer-index", F,
        'f"body.blocks.{int(layer[4:])}."',
        "conv<i> names block i instead of block i-1", MAML)
 mutant("maml/eval-keeps-graph", F,
-       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
-       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,",
+       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,",
        "test-time adaptation builds the outer graph (no torch.no_grad)", MAML,
        equivalent="the same arithmetic with or without a graph, and only a float (.item()) leaves "
                   "the function: no graph reaches the caller (it costs memory, changes no value)")
@@ -516,14 +516,15 @@ mutant("algorithm/accuracy-on-support-labels", F,
        "accuracy = (logits.argmax(-1) == support_labels)",
        "query predictions compared with the support labels", MATH)
 mutant("algorithm/body-per-half", F,
-       "    support_features, query_features = support_query(body(images))\n",
+       "    support_features, query_features = support_query(\n"
+       "        interleaved_task_features(body, images, batch_norm))\n",
        "    support_features, query_features = (body(support_query(images)[0]), "
        "body(support_query(images)[1]))\n",
        "the body runs separately on support and query: batch norm no longer sees the whole task",
        MATH)
 mutant("algorithm/swapped-support-query", F,
-       "    support_features, query_features = support_query(body(images))\n",
-       "    query_features, support_features = support_query(body(images))\n",
+       "    support_features, query_features = support_query(\n",
+       "    query_features, support_features = support_query(\n",
        "adapted on the query set, scored on the support set", MATH)
 mutant("algorithm/meta-loss-sum", F,
        "    return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -582,8 +583,8 @@ mutant("fast/bn-shift-sign", F,
        "(norm.bias.view(1, 1, -1, 1, 1) + mean * scale)",
        "batched body: the mean added instead of subtracted", FAST_GRAD)
 mutant("fast/batched-features-layout", F,
-       "return x.flatten(1).view(b, images.shape[1], -1)",
-       "return x.flatten(1).view(images.shape[1], b, -1).transpose(0, 1)",
+       "z = x.flatten(1).view(b, m, -1)",
+       "z = x.flatten(1).view(m, b, -1).transpose(0, 1)",
        "batched body: features regrouped as [images, tasks] (tasks mixed up)", FAST_GRAD)
 mutant("fast/task-body-over-the-group", F,
        "torch.stack([call(x) for x in images])",
@@ -706,13 +707,41 @@ mutant("evaluation/progress-lags", F,
        "progress(start, len(task_ids))",
        "progress reports the tasks done before the group, never reaching the total", FAST_EVAL)
 mutant("evaluation/episode-order", F,
-       "features = body(torch.cat([support_images, query_images]))",
-       "features = body(torch.cat([query_images, support_images]))",
+       "for z in task_features(body, support_images, query_images, batch_norm))",
+       "for z in task_features(body, query_images, support_images, batch_norm))",
        "episode_accuracy takes query features for support ones", FAST_EVAL)
 mutant("evaluation/episode-bn-per-half", F,
-       "features = body(torch.cat([support_images, query_images]))",
-       "features = torch.cat([body(support_images), body(query_images)])",
+       "for z in task_features(body, support_images, query_images, batch_norm))",
+       "for z in task_features(body, support_images, query_images, \"separate\"))",
        "episode_accuracy: batch norm over support and query separately", FAST_EVAL)
+
+# ------------------------------------------------- batch-norm modes: anil/model.py, fast, maml
+BN = "tests/method/test_batch_norm.py"
+
+mutant("model/support-statistics-of-all", "anil/model.py",
+       "torch.var_mean(x[:statistics_of], dim=(0, 2, 3)",
+       "torch.var_mean(x, dim=(0, 2, 3)",
+       "batch_norm='support': statistics over support and query, not the support alone", BN)
+mutant("model/support-statistics-constant", "anil/model.py",
+       "torch.rsqrt(var + self.norm.eps)",
+       "torch.rsqrt(var.detach() + self.norm.eps)",
+       "batch_norm='support': σ²_S held constant in the meta-gradient", BN)
+mutant("model/separate-one-call", "anil/model.py",
+       "        return call(support), call(query)\n",
+       "        return call(torch.cat([support, query])).split(len(support))\n",
+       "batch_norm='separate': one body call over support and query (task-wide statistics)", BN)
+mutant("fast/separate-one-group", "anil/fast.py",
+       '"separate": (2 * b, None)',
+       '"separate": (b, None)',
+       "batched body, batch_norm='separate': one statistic per task instead of per half", BN)
+mutant("fast/support-statistics-of-all", "anil/fast.py",
+       '"support": (b, m // 2)',
+       '"support": (b, None)',
+       "batched body, batch_norm='support': statistics over the whole task", BN)
+mutant("maml/query-pass-task-statistics", "anil/paper/maml.py",
+       '{"statistics_of": len(support)}',
+       "{}",
+       "MAML, batch_norm='support': the query pass normalised over support and query", BN)
 
 # ---------------------------------------------------------------------- anil/run/distributed.py
 F = "anil/run/distributed.py"
