@@ -12,8 +12,18 @@ from anil.algorithm import adapt_head, meta_loss, meta_train_step  # noqa: E402
 from anil.data import load_split  # noqa: E402
 from anil.evaluation import evaluate  # noqa: E402
 from anil.model import ConvBody, make_head  # noqa: E402
-from anil.run.checkpoint import load_run  # noqa: E402
 from anil.sampler import TaskSampler  # noqa: E402
+
+
+
+def __getattr__(name):
+    """``anil.load_run`` is loaded on first use: it belongs to the run machinery (anil.run),
+    which importing the method must not load."""
+    if name == "load_run":
+        from anil.run.checkpoint import load_run
+        return load_run
+    raise AttributeError(f"module 'anil' has no attribute {name!r}")
+
 
 __all__ = ["ConvBody", "make_head", "TaskSampler", "load_split", "adapt_head", "meta_loss",
            "meta_train_step", "evaluate", "load_run", "__version__"]

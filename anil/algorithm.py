@@ -4,11 +4,11 @@
 Task T_i has a support set S_i and a query set Q_i. The body f_θ maps images to features; the
 head w = (W, b) maps features to logits W f_θ(x) + b. Only the head adapts in the inner loop:
 
-    w_i^(0) = w,    w_i^(s+1) = w_i^(s) − α ∇_w L(S_i; θ, w_i^(s)),    s = 0..S−1
+    w_i^(0) = w,    w_i^(s+1) = w_i^(s) − α ∇_w L(S_i; θ, w_i^(s)),    s = 0..m−1   (m inner steps)
 
 and the outer loop minimises the mean query loss of the adapted heads over a meta-batch:
 
-    (θ, w) ← (θ, w) − β ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(S)(θ, w))
+    (θ, w) ← (θ, w) − β ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)(θ, w))
 
 The head is applied with ``torch.func.functional_call`` and differentiated with
 ``torch.func.grad``; because the inner gradients are ordinary differentiable tensors, the outer
@@ -16,9 +16,11 @@ The head is applied with ``torch.func.functional_call`` and differentiated with
 each inner gradient (a stop-gradient), which drops the Hessian terms (docs/design.md, "First
 order").
 
-``adapt_and_score`` is the one definition of "adapt the head on the support set, score the query
-set": this module's training step calls it per task, ``anil.fast`` vmaps it over the tasks of a
-group, and ``anil.evaluation`` vmaps it at test time.
+"Adapt the head on the support set, score the query set" is ``adapt_head`` then
+``score_query``: ``meta_loss`` calls the two per task (so train.py's loop reaches the inner loop
+in two calls: ``meta_loss`` → ``adapt_head``), and ``adapt_and_score``, the same two in one
+function, is what ``task_loss`` calls, ``anil.fast`` vmaps over the tasks of a group, and
+``anil.evaluation`` vmaps at test time.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ def head_loss(head: nn.Module, params: Params, features: torch.Tensor, labels: t
 
 def adapt_head(head: nn.Module, params: Params, features: torch.Tensor, labels: torch.Tensor,
                step_size: float, steps: int, first_order: bool = False) -> Params:
-    """S steps of w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)) on support features and labels.
+    """m steps of w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)) on support features and labels.
 
     Second order (default): the result stays a differentiable function of (θ, w), so the
-    meta-gradient includes ∂w^(S)/∂w and ∂w^(S)/∂θ. ``first_order=True`` treats each ∇_w L as a
-    constant, so ∂w^(S)/∂w = I and the features' influence through the inner loop is dropped.
+    meta-gradient includes ∂w^(m)/∂w and ∂w^(m)/∂θ. ``first_order=True`` treats each ∇_w L as a
+    constant, so ∂w^(m)/∂w = I and the features' influence through the inner loop is dropped.
     """
     grad_fn = grad(head_loss, argnums=1)  # ∇_w L(S; θ, w), a function of the head's parameters
     for _ in range(steps):
@@ -63,13 +65,22 @@ def adapt_head(head: nn.Module, params: Params, features: torch.Tensor, labels: 
     return params
 
 
+def score_query(head: nn.Module, adapted: Params, query_features: torch.Tensor,
+                query_labels: torch.Tensor):
+    """L(Q; θ, w^(m)) = (1/n) Σ_j −log softmax(W^(m) z_j + b^(m))[y_j] over the query set, and
+    the query accuracy of the adapted head."""
+    logits = functional_call(head, adapted, (query_features,))
+    accuracy = (logits.argmax(-1) == query_labels).to(logits.dtype).mean()
+    return cross_entropy(logits, query_labels), accuracy
+
+
 def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Tensor,
                     support_labels: torch.Tensor, query_features: torch.Tensor,
                     query_labels: torch.Tensor, step_size: float, steps: int,
                     first_order: bool = False):
     """Adapt the head on the support set, score it on the query set: for one task,
 
-        w_i^(S) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(S))  and the query accuracy.
+        w_i^(m) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(m))  and the query accuracy.
 
     The features come from the body under one of the batch-norm modes (``task_features``;
     docs/design.md, "Batch-norm statistics: task, separate, support"). Vmap it over a leading task dimension
@@ -77,14 +88,12 @@ def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Ten
     """
     adapted = adapt_head(head, params, support_features, support_labels, step_size, steps,
                          first_order)
-    logits = functional_call(head, adapted, (query_features,))
-    accuracy = (logits.argmax(-1) == query_labels).to(logits.dtype).mean()
-    return cross_entropy(logits, query_labels), accuracy
+    return score_query(head, adapted, query_features, query_labels)
 
 
 def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               step_size: float, steps: int, first_order: bool = False, batch_norm: str = "task"):
-    """L(Q_i; θ, w_i^(S)) for one task, and the query accuracy of the adapted head.
+    """L(Q_i; θ, w_i^(m)) for one task, and the query accuracy of the adapted head.
 
     ``images`` hold support and query interleaved (``anil.sampler.support_query``). Batch norm
     takes its statistics from support and query together (``batch_norm="task"``, one body
@@ -100,13 +109,21 @@ def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
 
 def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               step_size: float, steps: int, first_order: bool = False, batch_norm: str = "task"):
-    """(1/B) Σ_i L(Q_i; θ, w_i^(S)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
+    """(1/B) Σ_i L(Q_i; θ, w_i^(m)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
 
     Returns the mean query loss (differentiable w.r.t. body and head) and mean query accuracy.
+    Each task is ``task_loss``, written out here so that the inner loop is one call away.
     """
-    losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order,
-                                         batch_norm)
-                               for x, y in zip(images, labels)))
+    w = dict(head.named_parameters())
+    losses, accuracies = [], []
+    for x, y in zip(images, labels):                              # task T_i
+        support_features, query_features = support_query(          # Z = f_θ(X); batch-norm
+            interleaved_task_features(body, x, batch_norm))        # statistics per batch_norm
+        support_labels, query_labels = support_query(y)
+        adapted = adapt_head(head, w, support_features, support_labels, step_size, steps,
+                             first_order)                         # the inner loop: w_i^(m)
+        loss, accuracy = score_query(head, adapted, query_features, query_labels)
+        losses.append(loss), accuracies.append(accuracy)
     return torch.stack(losses).mean(), torch.stack(accuracies).mean()
 
 

@@ -7,6 +7,10 @@ A prepared dataset is a folder::
         <split>_images.npy     uint8 [n, H, W, C], images of one class stored contiguously
         <split>_labels.npy     int32 [n], class index within the split, non-decreasing
 
+The splits are train, val and test; a dataset whose test set is a set of fixed episodes (the
+Omniglot authors' 20 one-shot runs) has no test split, and its meta.json's ``"test_instead"``
+says what to test a trained run on (``what_to_test_on``).
+
 Plain ``.npy`` files load memory-mapped (``np.load(mmap_mode="r")``), so opening even
 mini-ImageNet costs nothing and a task reads only its own 2NK images. Writers build the folder
 under a temporary name and rename it into place at the end (``write_prepared``), so a folder with
@@ -15,7 +19,7 @@ a ``meta.json`` is always complete: an interrupted preparation leaves nothing th
 Writing is safe against the usual accidents:
 
 * one writer per dataset: ``write_prepared`` (and each preparation, from its start) holds the
-  dataset's lock ``<root>/.<name>.lock`` (``lock_dataset``, ``anil.run.lock``), so two processes
+  dataset's lock ``<root>/.<name>.lock`` (``lock_dataset``, ``anil.lock``), so two processes
   preparing the same dataset at once cannot both write it;
 * temporaries are named ``.<name>.<kind>-<pid>@<host>-<random>`` (kind ``partial``, ``old`` or
   ``extract``); the next write into the same root removes those whose process no longer runs on
@@ -40,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from anil.run.lock import FolderLock, LockError, pid_alive, this_host
+from anil.lock import FolderLock, LockError, pid_alive, this_host
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # "test" may be absent (see the module docstring)
 
 
 class DatasetError(RuntimeError):
@@ -108,7 +112,7 @@ class ClassSplit:
 
 @contextlib.contextmanager
 def lock_dataset(root, name: str, wait: float = 0.0, on_wait=None):
-    """Hold the write lock of ``<root>/<name>`` (``anil.run.lock.FolderLock``, lock file
+    """Hold the write lock of ``<root>/<name>`` (``anil.lock.FolderLock``, lock file
     ``<root>/.<name>.lock``); a lock held by another process (after waiting ``wait`` seconds),
     or one that cannot be made, is a DatasetError. Re-entrant within a thread."""
     lock = FolderLock(Path(root) / name, what="dataset", wait=wait, on_wait=on_wait)
@@ -327,7 +331,8 @@ def load_split(path: str | Path, split: str, mmap: bool = True) -> ClassSplit:
     path = Path(path)
     meta = read_meta(path)
     if split not in meta["splits"]:
-        raise DatasetError(f"{path} has no split {split!r}; it has {sorted(meta['splits'])}")
+        instead = f"; test a run on {what_to_test_on(path)}" if split == "test" and "test_instead" in meta else ""
+        raise DatasetError(f"{path} has no split {split!r}; it has {sorted(meta['splits'])}{instead}")
     info = meta["splits"][split]
     try:
         images = np.load(path / f"{split}_images.npy", mmap_mode="r" if mmap else None)
@@ -342,3 +347,17 @@ def load_split(path: str | Path, split: str, mmap: bool = True) -> ClassSplit:
             f"{[info['num_images'], *info['image_shape']]} uint8; delete {path} and prepare it again"
         )
     return ClassSplit.from_labels(images, labels, info["class_names"], name=f"{meta['name']}/{split}")
+
+
+def has_split(path: str | Path, split: str) -> bool:
+    """Whether the prepared dataset at ``path`` has the split ``split`` (``test`` may be absent)."""
+    return split in read_meta(path)["splits"]
+
+
+def what_to_test_on(path: str | Path, run: str = "RUN") -> str:
+    """What a run trained on the dataset at ``path`` is tested on when it has no test split: its
+    meta.json's ``"test_instead"`` (``{run}`` in it becomes ``run``), else fixed episodes."""
+    text = read_meta(path).get("test_instead")
+    if not isinstance(text, str):
+        text = "fixed episodes: python evaluate.py {run} --episodes DIR (layout: docs/your-own-data.md)"
+    return text.replace("{run}", str(run))

@@ -15,11 +15,13 @@ needs a graph: the body runs under ``torch.inference_mode`` and the head loop un
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from anil.fast import HEAD_LOOP, Speed, default_speed, feature_extractor, matching_features
+from anil.fast import (HEAD_LOOP_FUNCTIONS, Speed, default_speed, feature_extractor,
+                       matching_features)
 from anil.model import task_features
 from anil.sampler import TaskSampler, support_query
 
@@ -52,7 +54,7 @@ def task_accuracies(body, head, images, labels, step_size: float, steps: int,
     (support_features, query_features), (support_labels, query_labels) = (
         support_query(features, dim=1), support_query(labels, dim=1))
     with torch.no_grad():
-        _, accuracies = HEAD_LOOP[head_loop](head, params, support_features, support_labels,
+        _, accuracies = HEAD_LOOP_FUNCTIONS[head_loop](head, params, support_features, support_labels,
                                              query_features, query_labels, step_size, steps)
     return accuracies
 
@@ -70,7 +72,7 @@ def episode_accuracy(body, head, support_images, support_labels, query_images, q
             z.to(params["weight"].dtype)
             for z in task_features(body, support_images, query_images, batch_norm))
         # A batch of one task, so that both head loops (vmapped torch.func, closed form) apply.
-        _, accuracy = HEAD_LOOP[head_loop](head, params, support_features[None], support_labels[None],
+        _, accuracy = HEAD_LOOP_FUNCTIONS[head_loop](head, params, support_features[None], support_labels[None],
                                            query_features[None], query_labels[None], step_size, steps)
     return accuracy.item()
 
@@ -82,7 +84,10 @@ def accuracies_of(body, head, sampler: TaskSampler, task_ids, step_size: float, 
     process), ``tasks_per_call`` tasks at a time. ``progress(done, total)``, if given, is
     called after each group (a progress bar; it may raise to abandon the evaluation)."""
     task_ids = list(task_ids)
-    features_fn = features_fn or feature_extractor(body, default_speed(device), batch_norm=batch_norm)
+    if features_fn is None:  # the measured default, minus channels-last: that would convert the
+        # caller's body in place (train.py and evaluate.py own their body and pass theirs)
+        features_fn = feature_extractor(body, replace(default_speed(device), channels_last=False),
+                                        batch_norm=batch_norm)
     accuracies = []
     for start in range(0, len(task_ids), tasks_per_call):
         tasks = [sampler.task(i) for i in task_ids[start:start + tasks_per_call]]
@@ -100,7 +105,10 @@ def evaluate(body, head, sampler: TaskSampler, num_tasks: int, step_size: float,
              tasks_per_call: int = 8, progress=None, batch_norm: str = "task"):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler`` (the same tasks on every call).
 
-    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options."""
+    Returns (mean, ci95, per-task accuracies); see ``accuracies_of`` for the options. The body
+    and head are left as they were (no layout change): for a channels-last body, pass
+    ``features_fn=anil.fast.feature_extractor(body, anil.fast.default_speed(device))``, which
+    converts the body's weights in place (as train.py does with the body it owns)."""
     accuracies = accuracies_of(body, head, sampler, range(num_tasks), step_size, steps, device,
                                features_fn, head_loop, tasks_per_call, progress, batch_norm)
     mean, ci = mean_ci95(accuracies)

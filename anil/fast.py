@@ -247,14 +247,14 @@ def closed_form_head_loop(head: nn.Module, params, support_features, support_lab
     return losses.view(tasks, -1).mean(1), accuracies
 
 
-HEAD_LOOP = {"torch.func": torch_func_head_loop, "closed-form": closed_form_head_loop}
+HEAD_LOOP_FUNCTIONS = {"torch.func": torch_func_head_loop, "closed-form": closed_form_head_loop}
 _COMPILED = {}
 
 
 def compiled_head_loop(name: str):
     """``torch.compile`` of a head loop, made once per process and shared by every call."""
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(HEAD_LOOP[name])
+        _COMPILED[name] = torch.compile(HEAD_LOOP_FUNCTIONS[name])
     return _COMPILED[name]
 
 
@@ -273,7 +273,7 @@ def head_gradients(head: nn.Module, params, features, labels, step_size: float, 
         features = features.detach().requires_grad_()
         (support_features, query_features), (support_labels, query_labels) = (
             support_query(features, dim=1), support_query(labels, dim=1))
-        loop = compiled_head_loop(head_loop) if compiled else HEAD_LOOP[head_loop]
+        loop = compiled_head_loop(head_loop) if compiled else HEAD_LOOP_FUNCTIONS[head_loop]
         losses, accuracies = loop(head, params, support_features, support_labels, query_features,
                                   query_labels, step_size, steps, first_order)
         *grad_params, grad_features = torch.autograd.grad(scale * losses.sum(),

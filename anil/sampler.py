@@ -39,7 +39,15 @@ def split_seed(seed: int, split: str) -> int:
 
 
 class SamplerError(ValueError):
-    """A task cannot be drawn with these settings; the message says why and what to change."""
+    """A task cannot be drawn with these settings; the message says why and what to change, in
+    the sampler's own terms (``ways=5``); ``setting`` and ``fix`` let a command line say it
+    with its flags instead (anil.run.cli.user_error)."""
+
+    def __init__(self, problem: str, setting: str | None = None, fix=None):
+        self.problem, self.setting, self.fix = problem, setting, fix
+        change = {"ways": f"ways={fix} or fewer", "shots": f"shots={fix} or fewer",
+                  "rotate": "rotate=False"}.get(setting)
+        super().__init__(problem + (f"; use {change}" if change else ""))
 
 
 @dataclass
@@ -78,21 +86,19 @@ class TaskSampler:
         if ways > split.num_classes:
             raise SamplerError(
                 f"{ways}-way tasks need {ways} classes but {split.name or 'the split'} has only "
-                f"{split.num_classes}; use --ways {split.num_classes} or fewer"
-            )
+                f"{split.num_classes}", "ways", split.num_classes)
         # Only classes with at least 2K images can take part in a task.
         self.eligible = np.flatnonzero(split.counts >= 2 * shots)
         if len(self.eligible) < ways:
             raise SamplerError(
                 f"{shots}-shot tasks need 2x{shots}={2 * shots} images per class (support + query) "
                 f"but only {len(self.eligible)} classes of {split.name or 'the split'} have that many "
-                f"(smallest class: {split.counts.min()} images); use --shots "
-                f"{int(np.sort(split.counts)[-ways]) // 2} or fewer"
-            )
+                f"(smallest class: {split.counts.min()} images)", "shots",
+                int(np.sort(split.counts)[-ways]) // 2)
         height, width = split.images.shape[1:3]
         if rotate and height != width:
             raise SamplerError(f"rotations by k·90° need square images; {split.name or 'the split'} "
-                               f"holds {height}x{width} images: use --no-rotate")
+                               f"holds {height}x{width} images", "rotate")
         self.split, self.ways, self.shots = split, int(ways), int(shots)
         self.seed, self.num_tasks, self.rotate = int(seed), num_tasks, rotate
         self.draws = 0  # how many tasks next() has returned; with the rng, the sampler's state

@@ -6,13 +6,16 @@
     python train.py --resume runs/glyphs-5w1s         # continue an interrupted run, bit for bit
     torchrun --nproc_per_node=4 train.py --meta-batch 32 --device cuda   # data-parallel, 4 GPUs
 
-Read ``train`` top to bottom: configuration, data, model, the meta-training loop, meta-test,
-outputs. One iteration of the loop is one outer step — a meta-batch of tasks, each adapting the
-head on its support set and scoring the query set (anil/algorithm.py; anil/fast.py computes the
-same meta-gradient faster and is the default) — then validation, a log row and a checkpoint when
-they are due (``end_of_iteration``). The run's state (``TrainState``) and its files
-(``RunFolder``: checkpoint.pt, best.pt, model.pt, metrics.jsonl, curve.png, summary.json) live
-in anil/run/, with checkpoints, torchrun and the command line (anil/run/config.py).
+Read ``train`` top to bottom: configuration, data, model, the meta-training loop, meta-test.
+The loop (``meta_train``) writes out each outer step as the paper's outer loop: 1. sample a
+meta-batch of tasks, 2. zero the gradients, 3. compute the meta-gradient — either
+``algorithm.meta_loss(...).backward()`` (the readable reference: per task, the body, then
+``adapt_head`` on the support set and the query loss) or ``fast.meta_gradient(...)`` (the same
+gradient, faster; the default) — 4. average it across processes (torchrun), 5.
+``optimizer.step()``. Then validation, a log row and a checkpoint when due (``end_of_iteration``).
+The run's state (``TrainState``) and files (``RunFolder``: checkpoint.pt, best.pt, model.pt,
+metrics.jsonl, curve.png, summary.json) live in anil/run/, with checkpoints, torchrun and the
+command line (anil/run/config.py).
 
 Ctrl-C or SIGTERM finishes the current step, writes checkpoint.pt and exits with 128 + signal
 number (130, 143); a second Ctrl-C abandons the step at once, keeping the previous checkpoint.
@@ -20,28 +23,30 @@ number (130, 143); a second Ctrl-C abandons the step at once, keeping the previo
 
 from __future__ import annotations
 
-import os
+import argparse
 import random
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
 
 from anil import algorithm, fast
-from anil.data import DatasetError, load_split
+from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import dataset_name, dataset_path, fail, set_threads
+from anil.run.cli import dataset_name, fail, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
-from anil.run.folder import RunFolder, RunFolderError
+from anil.run.run_folder import RunFolder, RunFolderError
+from anil.run.setup import join_processes, open_data
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
 from anil.run.state import NonFiniteLoss, TrainState
-from anil.sampler import SamplerError, TaskSampler, split_seed
+from anil.sampler import TaskSampler
 
 
 def main(argv=None):
@@ -72,60 +77,93 @@ def train(args, resumed=None):
     # Under torchrun each process adapts B/P tasks of every meta-batch and the gradients are
     # averaged (anil/run/distributed.py); alone, ctx.world_size == 1 and nothing changes.
     ctx = join_processes(args)
-    device = ctx.device
 
     # ---------------------------------------------------------------------------------- data
     samplers, dataset = open_data(args, ctx, resumed)
     check_meta_batch_fits(args)
 
     # --------------------------------------------------------------------------------- model
-    body, head = build_network(args, device)
+    body, head = build_network(args, ctx.device)
     distributed.broadcast_parameters(ctx, [body, head])  # every process starts from rank 0's (θ, w)
     optimizer = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=args.outer_lr)
-    step, features_fn = make_train_step(body, head, optimizer, args, ctx)
+    speed, features_fn = choose_speed(body, args)
     print_setup(args, body, head, ctx, threads)
 
     stop = GracefulStop()
-    run = Run(args, ctx, body, head, optimizer, samplers, RunFolder(args.out, writes=ctx.is_main),
-              make_tester(body, head, args, ctx, features_fn, stop), run_config(args), dataset)
+    run = Run(args, ctx, body, head, optimizer, speed, features_fn, samplers,
+              RunFolder(args.out, writes=ctx.is_main), run_config(args), dataset,
+              make_tester(body, head, args, ctx, features_fn, stop))
     with run.folder.open(resuming=resumed is not None, overwrite=args.overwrite), stop:
         state = start_or_resume(run, resumed)
+        meta_train(run, state, stop)
+        summary = meta_test(run, state)
+    distributed.teardown(ctx)
+    return summary
 
-        # ------------------------------------------------------------ the meta-training loop
-        bar = Progress(args.iterations, "train", done=state.iteration)
-        state.start_clock()
-        try:
-            if state.logged < state.iteration:  # stopped during that iteration's validation: redo it
-                end_of_iteration(run, state, bar)
-            while state.iteration < args.iterations:
-                # Under torchrun every process must stop at the same iteration: agree first.
-                if distributed.any_true(ctx, stop.signum is not None):
-                    raise StopRequested(stop.signum or signal.SIGTERM)
-                images, labels = distributed.next_meta_batch(samplers["train"], args.meta_batch, ctx)
-                loss, accuracy = step(images.to(device), labels.to(device))
-                state.record(loss, accuracy)
-                bar.update(state.iteration)
-                end_of_iteration(run, state, bar)
-        except StopRequested as e:
-            bar.clear()
-            save_checkpoint(run, state)
-            exit_stopped(e, f"at iteration {state.iteration}/{args.iterations}; wrote "
-                            f"{run.folder.files['checkpoint.pt']}. Resume with:  python train.py "
-                            f"--resume {args.out}")
-        except NonFiniteLoss as e:
-            bar.clear()
-            exit_diverged(run, e)
+
+def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
+    """The outer loop, from ``state.iteration`` to --iterations: one outer step per iteration
+    (docs/design.md, "The outer loop and the meta-gradient"), then validation, a log row and a
+    checkpoint when they are due (``end_of_iteration``)."""
+    args, ctx, body, head, optimizer = run.args, run.ctx, run.body, run.head, run.optimizer
+    inner = dict(step_size=args.inner_lr, steps=args.inner_steps, first_order=args.first_order,
+                 batch_norm=args.batch_norm)
+    bar = Progress(args.iterations, "train", done=state.iteration)
+    state.start_clock()
+    try:
+        if state.finished < state.iteration:  # stopped during that iteration's validation: redo it
+            end_of_iteration(run, state, bar)
+        while state.iteration < args.iterations:
+            # Under torchrun every process must stop at the same iteration: agree first.
+            if distributed.any_true(ctx, stop.signum is not None):
+                raise StopRequested(stop.signum or signal.SIGTERM)
+            # 1. a meta-batch of B tasks, images [B, 2NK, C, H, W] (under torchrun, B/P of them)
+            images, labels = distributed.next_meta_batch(run.samplers["train"], args.meta_batch, ctx)
+            images, labels = images.to(ctx.device), labels.to(ctx.device)
+            # 2. zero the gradients
+            optimizer.zero_grad(set_to_none=True)
+            # 3. the meta-gradient ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)) into .grad: the readable
+            #    reference (--strategy reference), or the same gradient computed faster
+            if run.speed is None:
+                loss, accuracy = algorithm.meta_loss(body, head, images, labels, **inner)
+                loss.backward()
+            else:
+                loss, accuracy = fast.meta_gradient(body, head, images, labels, **inner,
+                                                    speed=run.speed, features_fn=run.features_fn)
+            # 4. the mean of the processes' gradients (alone: nothing to average)
+            loss, accuracy = distributed.average_gradients(ctx, run.parameters(), loss, accuracy)
+            # 5. (θ, w) ← Adam step with learning rate β
+            optimizer.step()
+            state.record(loss, accuracy)
+            bar.update(state.iteration)
+            end_of_iteration(run, state, bar)
+    except StopRequested as e:
         bar.clear()
-        if args.iterations == 0:
-            save_checkpoint(run, state)
-        run.folder.save_weights("model.pt", {"iteration": state.iteration, **weights(body, head),
-                                             "config": run.config})
+        save_checkpoint(run, state)
+        exit_stopped(e, f"at iteration {state.iteration}/{args.iterations}; wrote "
+                        f"{run.folder.files['checkpoint.pt']}. Resume with:  python train.py "
+                        f"--resume {args.out}")
+    except NonFiniteLoss as e:
+        bar.clear()
+        exit_diverged(run, e)
+    bar.clear()
+    if args.iterations == 0:
+        save_checkpoint(run, state)
+    run.folder.save_weights("model.pt", {"iteration": state.iteration, **weights(body, head),
+                                         "config": run.config})
 
-        # ----------------------------------------------------------------------- meta-test
+
+def meta_test(run: Run, state: TrainState) -> dict:
+    """Test the chosen weights (--test-weights) on the test tasks; write the summary and curve."""
+    args, ctx = run.args, run.ctx
+    mean = ci = tested = None
+    if "test" not in run.samplers:  # a dataset tested on fixed episodes (open_data said so)
+        print(f"no test split: test the run on {what_to_test_on(run.dataset['path'], args.out)}", flush=True)
+    else:
         tested = use_test_weights(run, state)
         start = time.perf_counter()
         try:
-            mean, ci, _ = run.test(samplers["test"], args.eval_tasks, "test")
+            mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "test")
         except StopRequested as e:
             exit_stopped(e, f"during the final test; training is complete and saved: finish with"
                             f"  python train.py --resume {args.out}")
@@ -133,18 +171,16 @@ def train(args, resumed=None):
               f"tasks, {args.test_inner_steps} inner steps; {tested['which']}; untrained "
               f"{100 * state.untrained['accuracy']:.2f}%; {time.perf_counter() - start:.1f}s)",
               flush=True)
-
-        # ------------------------------------------------------------------------- outputs
-        summary = {"config": run.config, "dataset": dataset, "world_size": ctx.world_size,
-                   "test_accuracy": mean, "test_ci95": ci, "tested": tested["record"],
-                   "untrained_test_accuracy": state.untrained["accuracy"],
-                   "untrained_test_ci95": state.untrained["ci95"], "train_seconds": state.seconds(),
-                   "history": run.folder.metrics.rows()}
-        run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
-        run.folder.write_summary(summary)
-        if ctx.is_main:
-            print(f"wrote {', '.join(run.folder.written())} in {args.out}")
-    distributed.teardown(ctx)
+    untrained = state.untrained or {"accuracy": None, "ci95": None}  # None: no test split
+    summary = {"config": run.config, "dataset": run.dataset, "world_size": ctx.world_size,
+               "test_accuracy": mean, "test_ci95": ci, "tested": tested and tested["record"],
+               "untrained_test_accuracy": untrained["accuracy"],
+               "untrained_test_ci95": untrained["ci95"], "train_seconds": state.seconds(),
+               "history": run.folder.metrics.rows()}
+    run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
+    run.folder.write_summary(summary)
+    if ctx.is_main:
+        print(f"wrote {', '.join(run.folder.written())} in {args.out}")
     return summary
 
 
@@ -155,16 +191,21 @@ def train(args, resumed=None):
 class Run:
     """What the loop's parts share: the settings and the objects made before the loop."""
 
-    args: object
+    args: argparse.Namespace
     ctx: distributed.Context
     body: torch.nn.Module
     head: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    samplers: dict
+    speed: fast.Speed | None  # the fast path's options; None: the readable reference path
+    features_fn: Callable[[torch.Tensor], torch.Tensor]  # Z = f_θ(X), shared with evaluation
+    samplers: dict[str, TaskSampler]  # "train", "val", "test"
     folder: RunFolder
-    test: object  # test(sampler, num_tasks, label) -> (mean, ci95, accuracies)
-    config: dict
-    dataset: dict
+    config: dict  # what summary.json and the checkpoints record of args
+    dataset: dict  # {"name", "path", "fingerprint"}
+    test: Callable[[TaskSampler, int, str], tuple[float, float, list]]  # see make_tester
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.body.parameters(), *self.head.parameters()]
 
 
 def end_of_iteration(run: Run, state: TrainState, bar: Progress) -> None:
@@ -176,7 +217,7 @@ def end_of_iteration(run: Run, state: TrainState, bar: Progress) -> None:
         bar.clear()
         row["val_accuracy"], row["val_ci95"], _ = run.test(run.samplers["val"], args.val_tasks,
                                                            "validation")
-        if state.validated(it, row["val_accuracy"], row["val_ci95"],
+        if state.keep_if_best(it, row["val_accuracy"], row["val_ci95"],
                            partial(weights, run.body, run.head)):
             run.folder.save_weights("best.pt", {**state.best, "config": run.config})
     if it % args.log_every == 0 or "val_accuracy" in row or last:
@@ -190,7 +231,7 @@ def end_of_iteration(run: Run, state: TrainState, bar: Progress) -> None:
             line += f"  | val {100 * row['val_accuracy']:.1f} ± {100 * row['val_ci95']:.1f}%"
         bar.clear()
         print(line, flush=True)
-    state.logged = it
+    state.finished = it
     if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:
         save_checkpoint(run, state)
         run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
@@ -213,53 +254,6 @@ def weights(body, head) -> dict:
 # ------------------------------------------------------------------ set-up, before the loop
 
 
-def join_processes(args) -> distributed.Context:
-    try:
-        ctx = distributed.setup(args.device, args.dist_timeout)
-        distributed.share(args.meta_batch, ctx)  # B must be a multiple of the number of processes
-    except distributed.DistributedError as e:
-        fail(str(e))
-    if not ctx.is_main:
-        sys.stdout = open(os.devnull, "w")  # only rank 0 logs; errors still go to every stderr
-    return ctx
-
-
-def open_data(args, ctx, resumed):
-    """The train/val/test samplers, and the dataset's identity (name, path, fingerprint)."""
-    try:
-        with distributed.main_first(ctx):  # the built-in dataset is generated by one process
-            path = dataset_path(args)
-        splits = {s: load_split(path, s) for s in ("train", "val", "test")}
-        # Different seeds per split; validation and test tasks are fixed (ids 0..n-1).
-        samplers = {s: TaskSampler(splits[s], args.ways, args.shots, seed=split_seed(args.seed, s),
-                                   num_tasks=args.num_tasks if s == "train" else None,
-                                   rotate=args.rotate)
-                    for s in ("train", "val", "test")}
-    except (DatasetError, SamplerError) as e:
-        fail(str(e))
-    channels, height, width = splits["train"].image_shape
-    if args.data:  # any prepared dataset: the network follows its images
-        if height != width:
-            fail(f"{path} holds {height}x{width} images; the conv body needs square images "
-                 f"(prepare them with --size)")
-        args.channels, args.image_size = channels, height
-    elif (channels, height, width) != (args.channels, args.image_size, args.image_size):
-        fail(f"{path} holds {channels}x{height}x{width} images but the {args.dataset} preset expects "
-             f"{args.channels}x{args.image_size}x{args.image_size}; prepare it again with: "
-             + args.prepare.format(root=args.data_root))
-    dataset = {"name": dataset_name(args), "path": str(path),
-               "fingerprint": checkpoint.dataset_fingerprint(path)}
-    if resumed and resumed["dataset"]["fingerprint"] != dataset["fingerprint"]:
-        message = (f"--resume {args.resume}: the dataset at {path} (fingerprint "
-                   f"{dataset['fingerprint']}) is not the one the run was trained on "
-                   f"({resumed['dataset']['fingerprint']})")
-        if not args.allow_config_change:
-            fail(message + "; point --data-root (or --data) at the original data, or add "
-                           "--allow-config-change")
-        print(f"note: {message}; continuing as asked", flush=True)
-    return samplers, dataset
-
-
 def build_network(args, device):
     """The body f_θ and head w; a size that cannot be built is a one-line error."""
     try:
@@ -272,24 +266,16 @@ def build_network(args, device):
              f"use fewer filters")
 
 
-def make_train_step(body, head, optimizer, args, ctx):
-    """The training step, chosen once: the readable reference path (--strategy reference) or
-    the fast path with its speed options; both average gradients across processes under
-    torchrun. Returns step(images, labels) -> (loss, accuracy), and the body's feature function
-    that evaluation shares."""
-    average = ctx.average if ctx.distributed else None  # the gradient all-reduce
-    options = dict(step_size=args.inner_lr, steps=args.inner_steps, first_order=args.first_order,
-                   average=average, batch_norm=args.batch_norm)
-    if args.strategy == "reference":
-        speed = fast.Speed(head_loop=args.head_loop)  # evaluation: plain NCHW float32 body
-        return (partial(algorithm.meta_train_step, body, head, optimizer, **options),
-                fast.feature_extractor(body, speed, batch_norm=args.batch_norm))
+def choose_speed(body, args):
+    """The fast path's options (None for --strategy reference) and the body's feature function
+    Z = f_θ(X) that training and evaluation share (channels-last and compiled when asked)."""
+    if args.strategy == "reference":  # the readable path; evaluation: plain NCHW float32 body
+        return None, fast.feature_extractor(body, fast.Speed(head_loop=args.head_loop),
+                                            batch_norm=args.batch_norm)
     speed = fast.Speed(args.strategy, args.chunk_size, args.batch_body, args.precision,
                        args.channels_last, args.head_loop, compile_head=args.compile)
-    features_fn = fast.feature_extractor(body, speed, compile=args.compile,
+    return speed, fast.feature_extractor(body, speed, compile=args.compile,
                                          batch_norm=args.batch_norm)
-    return (partial(fast.train_step, body, head, optimizer, speed=speed, features_fn=features_fn,
-                    **options), features_fn)
 
 
 def make_tester(body, head, args, ctx, features_fn, stop):
@@ -340,6 +326,8 @@ def start_or_resume(run: Run, resumed) -> TrainState:
     resumed run: restore weights, optimizer, sampler, random states and the loop's state."""
     args = run.args
     if resumed is None:
+        if "test" not in run.samplers:  # no untrained test either (open_data said so)
+            return TrainState()
         start = time.perf_counter()
         try:
             mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
@@ -362,7 +350,7 @@ def start_or_resume(run: Run, resumed) -> TrainState:
     state = TrainState.from_state_dict(resumed)
     # Rows a killed process logged after its checkpoint, and damaged lines, are dropped; best.pt
     # may be newer than the checkpoint, so it is matched to it again.
-    damaged = run.folder.truncate_metrics(state.logged)
+    damaged = run.folder.truncate_metrics(state.finished)
     if damaged:
         print(f"note: dropped {damaged} damaged line(s) of metrics.jsonl", flush=True)
     run.folder.match_best(state.best, run.config)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from anil.data import describe_os_error
-from anil.run.cli import positive_int
+from anil.argtypes import positive_int
 
 from .common import PrepError
 

@@ -117,18 +117,6 @@ def check_disjoint(splits: dict[str, list[str]], source: str) -> None:
 # ------------------------------------------------------------------------ command line
 
 
-def find_source(source: Path | None, root: Path, filenames: list[str], how_to_get: str) -> Path:
-    """The folder that holds ``filenames``: ``source`` (a folder, or one of the files), else
-    ``<root>/raw``. A missing file gets a PrepError that says how to get it."""
-    folder = Path(source) if source is not None else Path(root) / "raw"
-    if folder.is_file():
-        folder = folder.parent
-    missing = [f for f in filenames if not (folder / f).exists()]
-    if missing:
-        raise PrepError(f"{folder / missing[0]} not found; {how_to_get}")
-    return folder
-
-
 def run_cli(main, argv=None) -> int:
     """Run ``main(argv)``; a bad input becomes one line ``error: ...`` and exit status 2."""
     try:

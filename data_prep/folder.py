@@ -13,7 +13,8 @@ class are taken in sorted order, so the same folder always gives the same datase
 Split. Classes (not images) are split into train/val/test (``--split``, default 0.64,0.16,0.20,
 mini-ImageNet's 64/16/20): the sorted class names are shuffled by ``random.Random(--seed)`` and cut
 in that order; each split's size is its fraction of the classes rounded by largest remainder.
-Every split must get at least one class.
+Train and val must each get at least one class; a test fraction of 0 (``--split 0.8,0.2,0``) writes
+no test split, for data whose test set is a set of fixed episodes (``evaluate.py RUN --episodes``).
 
 Images. Each image is converted by ``data_prep.images`` (decoded, turned upright by its EXIF
 tag, transparency onto white, to 1 channel with ``--grayscale`` or 3, resized to S × S with
@@ -52,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from anil.data import SPLITS, DatasetError, read_meta, write_prepared
-from anil.run.cli import seed as seed_arg
+from anil.argtypes import seed as seed_arg
 
 from .common import PrepError, run_cli
 from .images import IMAGE_EXTENSIONS, UNREADABLE, ImageReadError, Preprocess, is_image_name, read_image
@@ -198,9 +199,11 @@ def split_counts(num_classes: int, fractions) -> list[int]:
 
 def split_classes(names: list[str], fractions, seed: int) -> dict[str, list[str]]:
     """Sorted ``names`` shuffled by ``random.Random(seed)``, cut by ``split_counts``; each split's
-    names sorted. A split left with no class is a PrepError."""
+    names sorted. A split left with no class is a PrepError, except a test split whose fraction
+    is 0: it is left out."""
     counts = split_counts(len(names), fractions)
-    if min(counts) == 0:
+    wanted = [n for n, f in zip(counts, fractions) if f > 0]
+    if min(wanted) == 0:
         empty = SPLITS[counts.index(0)]
         raise PrepError(
             f"{len(names)} classes split by {','.join(f'{f:g}' for f in fractions)} leave the {empty} split "
@@ -209,8 +212,9 @@ def split_classes(names: list[str], fractions, seed: int) -> dict[str, list[str]
     order = sorted(names)
     random.Random(seed).shuffle(order)
     out, start = {}, 0
-    for split, n in zip(SPLITS, counts):
-        out[split] = sorted(order[start:start + n])
+    for split, n, f in zip(SPLITS, counts, fractions):
+        if f > 0:
+            out[split] = sorted(order[start:start + n])
         start += n
     return out
 
@@ -330,9 +334,9 @@ def fractions_arg(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not three numbers; {hint}") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"{text!r} has {len(values)} values; {hint}")
-    if not all(0 < v < 1 for v in values):  # also rejects nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r}: each fraction must lie strictly between 0 and 1 "
-                                         f"(every split needs classes); {hint}")
+    if not (all(0 < v < 1 for v in values[:2]) and 0 <= values[2] < 1):  # also rejects nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: train and val must lie strictly between 0 and 1 "
+                                         f"(they need classes), test from 0 to 1 (0: no test split); {hint}")
     if abs(sum(values) - 1) > 1e-6:
         raise argparse.ArgumentTypeError(f"{text!r} sums to {sum(values):g}; {hint}")
     return values
@@ -359,7 +363,8 @@ def main(argv=None):
     parser.add_argument("--invert", action="store_true",
                         help="store 255 - x: dark drawings on light paper become bright on dark, like Omniglot")
     parser.add_argument("--split", type=fractions_arg, default=DEFAULT_SPLIT, metavar="TRAIN,VAL,TEST",
-                        help="fractions of the classes per split (default 0.64,0.16,0.20)")
+                        help="fractions of the classes per split (default 0.64,0.16,0.20); a test "
+                        "fraction of 0 writes no test split (test on fixed episodes instead)")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the class split (default 0)")
     parser.add_argument("--min-images", type=min_images_arg, default=DEFAULT_MIN_IMAGES,
                         help="leave out classes with fewer readable images (default 2)")

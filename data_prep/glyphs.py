@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anil.data import DatasetError, describe_os_error, lock_dataset, read_meta, write_prepared
-from anil.run.cli import seed as seed_arg
+from anil.argtypes import seed as seed_arg
 
 from .common import run_cli
 

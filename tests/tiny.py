@@ -54,3 +54,16 @@ def central_differences(f, params, eps=1e-6):
             gflat[i] = (plus - minus) / (2 * eps)
         grads.append(g)
     return grads
+
+
+def gradients(body, head):
+    """The current .grad of every body and head parameter, copied."""
+    return [p.grad.clone() for p in [*body.parameters(), *head.parameters()]]
+
+
+def reference_gradients(body, head, images, labels, alpha, steps, first_order):
+    """The readable path's meta-gradient: meta_loss(...).backward() from zero gradients."""
+    from anil.algorithm import meta_loss
+    body.zero_grad(set_to_none=True), head.zero_grad(set_to_none=True)
+    meta_loss(body, head, images, labels, alpha, steps, first_order)[0].backward()
+    return gradients(body, head)

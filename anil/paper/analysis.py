@@ -29,9 +29,9 @@ from anil.model import ConvBody, make_head
 from anil.paper import maml
 from anil.paper.cka import linear_cka
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
                           positive_int, program, resolve_device, set_threads)
-from anil.run.folder import RunFolder, RunFolderError
+from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
@@ -131,7 +131,7 @@ def main(argv=None):
         test = TaskSampler(split, config.ways, config.shots, seed=split_seed(config.seed, "test"),
                            rotate=getattr(config, "rotate", False))
     except (DatasetError, SamplerError) as e:
-        fail(str(e))
+        fail(user_error(e))
     body.to(device).eval(), head.to(device).eval()
     stem = args.checkpoint.stem if args.checkpoint.is_file() else "model"
     out = args.out or (args.checkpoint.parent if args.checkpoint.is_file() else args.checkpoint)

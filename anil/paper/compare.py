@@ -25,9 +25,9 @@ from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.paper import maml, nil
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
-                          dataset_name, dataset_path, fail, positive_int, program, resolve_device,
+                          dataset_name, dataset_path, fail, user_error, positive_int, program, resolve_device,
                           set_threads)
-from anil.run.folder import RunFolder, RunFolderError, fresh_name
+from anil.run.run_folder import RunFolder, RunFolderError, fresh_name
 from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
@@ -121,7 +121,7 @@ def compare(args, device, folder):
         test = samplers["test"]()
         samplers["train"]()  # validate ways/shots against the training split now
     except (DatasetError, SamplerError) as e:
-        fail(str(e))
+        fail(user_error(e))
     channels, height, width = splits["train"].image_shape
     if height != width:
         fail(f"{path}: images are {height}x{width}; the conv body expects square images")

@@ -13,56 +13,10 @@ from pathlib import Path
 
 import torch
 
+from anil.argtypes import SEED_LIMIT, non_negative_int, positive_float, positive_int, seed  # noqa: F401
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
 from anil.model import BATCH_NORMS
 from anil.run.presets import OWN_DATA, PRESETS, preset
-
-SEED_LIMIT = 2 ** 32  # numpy's global seed must lie in [0, 2**32)
-
-
-# ------------------------------------------------------------------------------ argument types
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def seed(text):
-    """A random seed: an integer in [0, 2**32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must lie in 0..{SEED_LIMIT - 1}, got {text}")
-    return value
-
 
 # ------------------------------------------------------------------------------- help output
 
@@ -87,12 +41,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def preset_values(key: str) -> str:
-    """'5 for glyphs, mini-imagenet, ...; 20 for omniglot, omniglot-rot': a preset option's value
-    per dataset (``--data`` without ``--dataset`` takes the defaults for any dataset)."""
+    """'5 for glyphs, mini-imagenet, ..., --data alone; 20 for omniglot, omniglot-rot': a preset
+    option's value per dataset (``--data`` without ``--dataset`` takes the defaults for any
+    dataset; ``--data`` with ``--dataset NAME`` takes NAME's)."""
     by_value = {}
     for name, values in PRESETS.items():
         by_value.setdefault(values[key], []).append(name)
-    by_value.setdefault(OWN_DATA[key], []).append("--data")
+    by_value.setdefault(OWN_DATA[key], []).append("--data alone")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
     return "; ".join(f"{shown(value)} for {', '.join(names)}" for value, names in by_value.items())
 
@@ -117,7 +72,8 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     _preset_option(task, "--shots", "shots", "K, support (and query) images per class",
                    type=positive_int)
     task.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
-                      help="rotate each class of a task by k·90°, k drawn per class per task "
+                      help="rotate each class of a task by k·90°, k drawn per class per task; "
+                           "--data with --dataset NAME rotates as NAME does "
                            f"(preset: {preset_values('rotate')})")
     task.add_argument("--seed", type=seed, default=0,
                       help="seed of the initial weights and of the train/val/test task streams")
@@ -183,6 +139,8 @@ def apply_preset(args, extra: dict | None = None) -> None:
     if args.dataset is None and not getattr(args, "data", None):
         args.dataset = "glyphs"
     values = {**(preset(args.dataset) if args.dataset else OWN_DATA), **(extra or {})}
+    if getattr(args, "data", None):  # a folder made by some command, not the preset's: none recorded
+        values["prepare"] = None
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -224,6 +182,16 @@ def set_threads(threads: int | None) -> int:
 
 
 # ------------------------------------------------------------------------------ errors, data
+
+
+def user_error(e: Exception) -> str:
+    """A library error's message for a command-line user: a SamplerError's remedy in flags."""
+    setting = getattr(e, "setting", None)
+    if setting is None:
+        return str(e)
+    flag = {"ways": f"--ways {e.fix} or fewer", "shots": f"--shots {e.fix} or fewer",
+            "rotate": "--no-rotate"}[setting]
+    return f"{e.problem}; use {flag}"
 
 
 def fail(message: str):

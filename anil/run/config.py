@@ -18,7 +18,7 @@ from anil.run.checkpoint import CheckpointError
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
                           dataset_name, fail, non_negative_int, positive_float, positive_int,
                           program, resolve_device)
-from anil.run.folder import fresh_name
+from anil.run.run_folder import fresh_name
 
 # Options that do not change what a run computes (its weights, validation and model selection):
 # they may differ when resuming. Every other option must match the interrupted run.

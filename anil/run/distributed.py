@@ -206,6 +206,26 @@ def average_(ctx: Context, tensors) -> None:
         offset += t.numel()
 
 
+def average_gradients(ctx: Context, params, loss, accuracy) -> tuple[float, float]:
+    """Step 4 of an outer step, between ``backward()`` and ``optimizer.step()``:
+
+        ∇_(θ,w) ← (1/P) Σ_r ∇_(θ,w)^(r)
+
+    Each process holds the gradient of its B/P tasks' mean loss; their mean is the gradient of
+    the whole meta-batch's mean loss (docs/design.md, "Data-parallel training"), so every
+    process then takes the same step. The reported loss and accuracy are averaged in the same
+    all-reduce. Alone, nothing is averaged: returns (loss, accuracy) as floats."""
+    params = list(params)
+    stats = torch.tensor([float(loss), float(accuracy)], device=params[0].device)
+    if ctx.distributed:
+        for p in params:  # every process must send the same tensors, even for an unused parameter
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        average_(ctx, [*(p.grad for p in params), stats])
+    loss, accuracy = stats.tolist()
+    return loss, accuracy
+
+
 def gather_task_values(ctx: Context, mine, num_tasks: int) -> list[float]:
     """All processes' per-task values, back in task order 0..n−1 (process r holds r, r+P, ...)."""
     if not ctx.distributed:

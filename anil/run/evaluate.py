@@ -23,7 +23,7 @@ from anil.fast import default_speed, feature_extractor
 from anil.model import BATCH_NORMS
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
                           non_negative_int, positive_float, positive_int, program, resolve_device,
                           seed, set_threads)
 from anil.run.progress import Progress
@@ -101,7 +101,7 @@ def evaluate_run(args):
                               seed=split_seed(config.seed, args.split), rotate=config.rotate)
         body, head = network_from(saved, config.ways)
     except (DatasetError, SamplerError) as e:
-        fail(str(e))
+        fail(user_error(e))
     except CheckpointError as e:
         fail(f"{file}: {e}")
     trained_on = image_shape(saved["config"])

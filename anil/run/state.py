@@ -24,7 +24,8 @@ def _empty_window() -> dict:
 @dataclass
 class TrainState:
     iteration: int = 0           # outer steps done
-    logged: int = 0              # last iteration whose validation, log row and checkpoint are done
+    finished: int = 0            # last iteration whose end-of-iteration work (validation, log
+                                 # row, checkpoint) is done; < iteration after a stop during it
     best: dict | None = None     # {"iteration", "val_accuracy", "val_ci95", "body", "head"}
     untrained: dict | None = None  # {"accuracy", "ci95"} of the untrained network on the test tasks
     window: dict = field(default_factory=_empty_window)  # training metrics since the last log row
@@ -61,7 +62,7 @@ class TrainState:
         w, self.window = self.window, _empty_window()
         return {"loss": w["loss"] / w["count"], "accuracy": w["accuracy"] / w["count"]} if w["count"] else {}
 
-    def validated(self, iteration: int, accuracy: float, ci95: float, weights) -> bool:
+    def keep_if_best(self, iteration: int, accuracy: float, ci95: float, weights) -> bool:
         """Keep ``weights()`` if ``accuracy`` is the best validation so far; returns whether."""
         if self.best is not None and accuracy <= self.best["val_accuracy"]:
             return False
@@ -71,12 +72,12 @@ class TrainState:
     # ------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "pending": self.logged < self.iteration,
+        return {"iteration": self.iteration, "pending": self.finished < self.iteration,
                 "best": self.best, "untrained": self.untrained, "window": self.window,
                 "seconds": self.seconds()}
 
     @classmethod
     def from_state_dict(cls, saved: dict) -> "TrainState":
-        return cls(iteration=saved["iteration"], logged=saved["iteration"] - int(saved["pending"]),
+        return cls(iteration=saved["iteration"], finished=saved["iteration"] - int(saved["pending"]),
                    best=saved["best"], untrained=saved["untrained"], window=saved["window"],
                    seconds_before=saved["seconds"])

@@ -96,7 +96,7 @@ def test_a_run_saved_before_the_option_resumes_bit_for_bit(glyph_root, tmp_path,
             "--threads", "1"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
-    real, steps = fast.train_step, []
+    real, steps = fast.meta_gradient, []
 
     def step_then_die(*a, **kw):
         steps.append(1)
@@ -104,7 +104,7 @@ def test_a_run_saved_before_the_option_resumes_bit_for_bit(glyph_root, tmp_path,
             raise Killed
         return real(*a, **kw)
 
-    monkeypatch.setattr(fast, "train_step", step_then_die)
+    monkeypatch.setattr(fast, "meta_gradient", step_then_die)
     with pytest.raises(Killed):
         in_process([*args, "--out", tmp_path / "old"], capsys)
     monkeypatch.undo()

@@ -59,10 +59,9 @@ def test_bad_speed_options_are_rejected_with_one_line(args, message, tmp_path):
 
 def test_default_training_and_evaluation_call_torch_func_grad(glyph_root, monkeypatch):
     """The code that runs is the torch.func inner loop: count torch.func.grad calls."""
-    import torch
-
-    from anil import algorithm, train
+    from anil import algorithm, fast, train
     from anil.run.distributed import Context
+    from anil.run.setup import open_data
     calls = []
     real = algorithm.grad
     monkeypatch.setattr(algorithm, "grad", lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -70,13 +69,13 @@ def test_default_training_and_evaluation_call_torch_func_grad(glyph_root, monkey
     for loop in ("torch.func", "closed-form"):
         args, _ = train.parse_args(["--data-root", str(glyph_root), "--device", "cpu",
                                     "--hidden", "8", *(["--head-loop", loop] if loop != "torch.func" else [])])
-        samplers, _ = train.open_data(args, Context(), None)
+        samplers, _ = open_data(args, Context(), None)
         body, head = train.build_network(args, "cpu")
-        optimizer = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=1e-3)
-        step, features_fn = train.make_train_step(body, head, optimizer, args, Context())
+        speed, features_fn = train.choose_speed(body, args)
         images, labels = samplers["train"].batch(args.meta_batch)
         calls.clear()
-        step(images, labels)
+        fast.meta_gradient(body, head, images, labels, args.inner_lr, args.inner_steps,
+                           speed=speed, features_fn=features_fn)  # step 3 of train.py's loop
         counted[loop, "train"] = len(calls)
         calls.clear()
         test = train.make_tester(body, head, args, Context(), features_fn, stop=type(

@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 import time
@@ -8,13 +7,14 @@ import numpy as np
 import pytest
 
 from anil.data import DatasetError, load_split, read_meta
-from anil.run.lock import this_host
+from anil.lock import this_host
 from data_prep import glyphs
+from lock_holder import lock_held_elsewhere
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_deterministic_from_seed():
+def test_the_glyphs_are_a_function_of_the_seed():
     a = glyphs.generate(seed=5, split=(6, 0, 0))
     b = glyphs.generate(seed=5, split=(6, 0, 0))
     c = glyphs.generate(seed=6, split=(6, 0, 0))
@@ -98,16 +98,9 @@ def test_two_processes_ensuring_at_once_generate_it_once(tmp_path, monkeypatch, 
 
 
 def test_ensure_gives_up_on_a_holder_that_does_not_finish(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / ".glyphs.lock").write_text(json.dumps({"pid": sleeper.pid, "host": this_host(),
-                                                           "token": "0" * 16}))
+    with lock_held_elsewhere(tmp_path / "glyphs") as holder:
         with pytest.raises(DatasetError) as e:
             glyphs.ensure(tmp_path, verbose=False, wait=0.3)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert str(e.value) == (
-        f"another process (PID {sleeper.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
-        f"and has not finished after 0.3 s; wait for it to finish, or if it is gone delete "
-        f"{tmp_path / '.glyphs.lock'}")
+        f"another process (PID {holder.pid} on {this_host()}) is writing the dataset {tmp_path / 'glyphs'} "
+        f"and has not finished after 0.3 s; wait for it to finish, or stop it")

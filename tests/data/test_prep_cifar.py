@@ -60,7 +60,7 @@ def test_cifar_fs_exact_classes_counts_and_pixels(archive, fixture_md5, tmp_path
     assert {"baby", "bed", "worm"} <= set(load_split(path, "test").class_names)  # Bertinetto test
 
 
-def test_fc100_superclass_split(archive, fixture_md5, tmp_path):
+def test_fc100_splits_by_superclass(archive, fixture_md5, tmp_path):
     path = fc100.prepare(tmp_path, archive)
     superclasses = json.loads((path / "meta.json").read_text())["superclasses"]
     assert superclasses["val"] == ["large_carnivores", "large_omnivores_and_herbivores",
@@ -114,7 +114,7 @@ def test_checksum_mismatch_is_one_line_and_writes_nothing(archive, tmp_path):
     assert not (tmp_path / "cifar-fs").exists()
 
 
-def test_truncated_archive(archive, tmp_path, monkeypatch):
+def test_a_truncated_archive_is_named_and_nothing_is_written(archive, tmp_path, monkeypatch):
     cut = tmp_path / cifar100.ARCHIVE
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     monkeypatch.setitem(cifar100.MD5, cifar100.ARCHIVE, common.md5sum(cut))  # as if unchecked

@@ -9,7 +9,7 @@ from PIL import Image
 from anil.data import load_split, read_meta
 from anil.run.presets import preset
 from anil.sampler import TaskSampler
-from data_prep import common, episodes, images, omniglot
+from data_prep import common, episodes, images, omniglot, omniglot_runs
 from prep_fixtures import make_omniglot, make_omniglot_zip, make_runs_zip, omniglot_png, runs_pairing
 
 SMALL = {"background": {"Latin": 6, "Greek": 5}, "evaluation": {"Tengwar": 4}}  # 15 characters
@@ -138,7 +138,7 @@ def test_vinyals_split_refuses_data_that_does_not_match(small):
     assert not (root / "omniglot").exists()
 
 
-def test_bad_zips(small, monkeypatch):
+def test_truncated_or_mismatched_zips_are_named_with_what_to_do(small, monkeypatch):
     root, _ = small
     bg = root / "raw" / "images_background.zip"
     bg.write_bytes(bg.read_bytes()[:-300])
@@ -300,7 +300,7 @@ def runs_zip(tmp_path, monkeypatch):
     pairing = runs_pairing(runs=2, classes=3)
     archive = make_runs_zip(tmp_path / "raw" / "all_runs.zip", pairing)
     monkeypatch.setitem(omniglot.MD5, "all_runs.zip", common.md5sum(archive))
-    monkeypatch.setattr(omniglot, "NUM_RUNS", 2)
+    monkeypatch.setattr(omniglot_runs, "NUM_RUNS", 2)
     return archive, pairing
 
 
@@ -324,16 +324,16 @@ def test_runs_are_extracted_into_omniglot_runs(runs_zip, tmp_path):
 def test_runs_under_a_top_folder_and_a_rerun_replaces_them(tmp_path, monkeypatch):
     archive = make_runs_zip(tmp_path / "raw" / "all_runs.zip", runs_pairing(2, 3), top="all_runs/")
     monkeypatch.setitem(omniglot.MD5, "all_runs.zip", common.md5sum(archive))
-    monkeypatch.setattr(omniglot, "NUM_RUNS", 2)
+    monkeypatch.setattr(omniglot_runs, "NUM_RUNS", 2)
     out = omniglot.prepare_runs(tmp_path / "data", archive)
     (out / "run01" / "stale.txt").write_text("from before")
     assert omniglot.prepare_runs(tmp_path / "data", archive) == out
     assert not (out / "run01" / "stale.txt").exists() and (out / "run02" / "class_labels.txt").is_file()
 
 
-def test_runs_download(runs_zip, tmp_path, monkeypatch):
+def test_the_runs_download_is_saved_raw_and_prepared(runs_zip, tmp_path, monkeypatch):
     archive, _ = runs_zip
-    monkeypatch.setattr(omniglot, "RUNS_URL", archive.as_uri())
+    monkeypatch.setattr(omniglot_runs, "RUNS_URL", archive.as_uri())
     out = omniglot.prepare_runs(tmp_path / "data", fetch=True)
     assert (tmp_path / "data" / "raw" / "all_runs.zip").read_bytes() == archive.read_bytes()
     assert len(episodes.find_runs(out)) == 2
@@ -341,7 +341,7 @@ def test_runs_download(runs_zip, tmp_path, monkeypatch):
 
 def test_runs_refuse_a_wrong_file_and_a_folder_they_did_not_write(runs_zip, tmp_path, monkeypatch):
     archive, _ = runs_zip
-    monkeypatch.setattr(omniglot, "NUM_RUNS", 20)
+    monkeypatch.setattr(omniglot_runs, "NUM_RUNS", 20)
     with pytest.raises(common.PrepError, match="holds 2 run folders .* where 20 were expected"):
         omniglot.prepare_runs(tmp_path / "data", archive)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
@@ -370,7 +370,7 @@ def test_runs_with_a_broken_pairing_are_refused(tmp_path, monkeypatch):
         for name, data in members.items():
             zf.writestr(name, data)
     monkeypatch.setitem(omniglot.MD5, "all_runs.zip", common.md5sum(archive))
-    monkeypatch.setattr(omniglot, "NUM_RUNS", 2)
+    monkeypatch.setattr(omniglot_runs, "NUM_RUNS", 2)
     with pytest.raises(common.PrepError, match="all_runs.zip: .*run02/training/class03.png does not exist"):
         omniglot.prepare_runs(tmp_path / "data", archive)
     assert list((tmp_path / "data").iterdir()) == []

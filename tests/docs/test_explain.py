@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.func import functional_call, grad
 
-from anil import explain, train
+from anil import explain, train, walkthrough
 from anil.algorithm import adapt_head, head_loss, task_loss
 from anil.data import load_split
 from anil.model import ConvBody, make_head
@@ -39,7 +39,7 @@ def test_inner_loop_trace_is_adapt_head_step_by_step():
     adapt_and_score's query loss, and that is task_loss's."""
     body, head, images, labels = tiny_task()
     alpha, steps = 0.7, 4
-    result = explain.walk_through(body, head, images, labels, alpha, steps)
+    result = walkthrough.walk_through(body, head, images, labels, alpha, steps)
     with torch.no_grad():
         z = body(images)
     (zs, zq), (ys, yq) = support_query(z), support_query(labels)
@@ -69,7 +69,7 @@ def test_support_loss_decreases_for_a_step_within_the_smoothness_bound():
     with torch.no_grad():
         zs = support_query(body(images))[0]
     alpha = 1 / (0.5 * ((zs ** 2).sum(1) + 1).mean().item())
-    losses = [row["support_loss"] for row in explain.walk_through(body, head, images, labels, alpha, 6).trace]
+    losses = [row["support_loss"] for row in walkthrough.walk_through(body, head, images, labels, alpha, 6).trace]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
@@ -80,7 +80,7 @@ def test_first_order_gradient_is_the_direct_path_and_second_order_adds_to_every_
     Hessian terms to every layer: share > 0; with S = 0 nothing is adapted and the share is 0."""
     body, head, images, labels = tiny_task(seed=2)
     alpha, steps = 0.5, 3
-    table = explain.meta_gradient_by_layer(body, head, images, labels, alpha, steps)
+    table = walkthrough.meta_gradient_by_layer(body, head, images, labels, alpha, steps)
     (ys, yq) = support_query(labels)
     with torch.no_grad():
         zs = support_query(body(images))[0]
@@ -101,7 +101,7 @@ def test_first_order_gradient_is_the_direct_path_and_second_order_adds_to_every_
     assert table["all"]["second"] == pytest.approx(
         sum(table[layer]["second"] ** 2 for layer in [*blocks, "head"]) ** 0.5, rel=1e-12)
     assert all(table[layer]["share"] > 1e-3 for layer in table), table
-    no_steps = explain.meta_gradient_by_layer(body, head, images, labels, alpha, 0)
+    no_steps = walkthrough.meta_gradient_by_layer(body, head, images, labels, alpha, 0)
     assert all(row["share"] == 0 and row["second"] == row["first"] for row in no_steps.values())
 
 
@@ -198,7 +198,7 @@ def test_no_inner_steps_has_no_second_order_term(glyph_root, tmp_path, capsys):
     assert len(shares) == 6 and all(v == 0 for v in shares.values()), shares
 
 
-def test_a_trained_run(glyph_root, tmp_path, capsys, monkeypatch):
+def test_a_trained_run_is_explained_with_its_weights_alpha_steps_and_test_task(glyph_root, tmp_path, capsys, monkeypatch):
     """--run: the run's weights, α and test steps, task N of its test split (seed 3·seed + 2),
     and its explain/ folder by default."""
     monkeypatch.chdir(tmp_path)

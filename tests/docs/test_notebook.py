@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "anil_tutorial.ipynb"
-BUDGET_S = 90  # measured: about 35 s on a 2-core CPU, plus about 20 s if data/glyphs is generated
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +57,10 @@ def test_the_notebook_holds_the_cells_of_its_build_script(notebook):
     assert saved == builder.CELLS
 
 
-def test_the_code_cells_run_in_order_within_the_budget(notebook, monkeypatch):
+def test_the_code_cells_run_in_order_and_reach_their_results(notebook, monkeypatch):
     monkeypatch.chdir(NOTEBOOK.parent)  # where Jupyter runs a notebook
     namespace = {"__name__": "__main__"}
     printed = io.StringIO()
-    start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(printed):
             for i, cell in enumerate(code_cells(notebook)):
@@ -71,12 +68,9 @@ def test_the_code_cells_run_in_order_within_the_budget(notebook, monkeypatch):
     finally:
         if "PICTURES" in namespace:  # the notebook's temporary folder of pictures
             shutil.rmtree(namespace["PICTURES"], ignore_errors=True)
-    seconds = time.perf_counter() - start
-    assert seconds < BUDGET_S, f"the notebook took {seconds:.0f} s"
     # key results (the cells assert them too)
     assert namespace["worst"] < 1e-8  # finite differences vs the second-order meta-gradient
     rows = namespace["rows"]
     assert rows[-1]["val_accuracy"] > rows[0]["val_accuracy"] + 0.05
-    assert namespace["seconds"]["MAML"] > 2 * namespace["seconds"]["ANIL"]
     text = printed.getvalue()
     assert "the second-order meta-gradient is exact" in text and "validation accuracy" in text

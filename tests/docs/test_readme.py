@@ -28,7 +28,7 @@ def test_the_readme_python_example_runs_and_backpropagates():
                if p.ndim > 1)  # the meta-gradient reached every conv weight
 
 
-def test_docs_stand_alone():
+def test_docs_cite_nothing_outside_the_repository_and_links_resolve():
     """No reference to notes outside the repository, and every relative link resolves."""
     for page in PAGES:
         text = page.read_text()
@@ -45,3 +45,23 @@ def test_no_docstring_points_outside_the_repository():
         for section in re.findall(r'docs/design\.md,\s+"([^"]+)"', text):
             section = " ".join(section.split())  # a reference may wrap across lines
             assert f"## {section}\n" in (ROOT / "docs" / "design.md").read_text(), (file, section)
+
+
+def lines_of(patterns) -> int:
+    files = {f for pattern in patterns for f in ROOT.glob(pattern)}
+    return sum(len(f.read_text().splitlines()) for f in files)
+
+
+def test_the_layouts_line_counts_are_the_files():
+    """The README's layout table gives each part's size in thousands of lines, to 0.1k (a part
+    may grow or shrink by up to 100 lines before its figure must be updated)."""
+    parts = {"`anil/`": lines_of(["anil/*.py"]) - lines_of(["anil/train.py", "anil/explain.py"]),
+             "`anil/paper/`": lines_of(["anil/paper/*.py"]),
+             "`anil/run/`": lines_of(["anil/run/**/*.py"]),
+             "`anil/train.py`, `anil/explain.py`": lines_of(["anil/train.py", "anil/explain.py"]),
+             "`data_prep/`": lines_of(["data_prep/*.py"])}
+    layout = README[README.index("## Layout"):]
+    for folder, lines in parts.items():
+        quoted = re.search(re.escape(f"| {folder} |") + r".*\| (\d+\.\d)k \|", layout)
+        assert quoted, folder
+        assert abs(float(quoted.group(1)) * 1000 - lines) <= 100, (folder, lines)

@@ -9,6 +9,7 @@ import pytest
 
 from anil import data
 from anil.data import DatasetError, load_split, read_meta, write_prepared
+from lock_holder import lock_held_elsewhere
 
 
 def toy_splits(rng):
@@ -102,17 +103,11 @@ def test_a_folder_or_file_that_is_not_a_prepared_dataset_is_never_replaced(tmp_p
 
 
 def test_a_dataset_locked_by_another_process_is_not_written(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / ".toy.lock").write_text(json.dumps({"pid": holder.pid, "host": data.this_host(),
-                                                        "token": "0" * 16}))
+    with lock_held_elsewhere(tmp_path / "toy") as holder:
         with pytest.raises(DatasetError, match=rf"another process \(PID {holder.pid} on .*\) is writing the "
                                                rf"dataset {tmp_path / 'toy'}; wait for it"):
             write_prepared(tmp_path, "toy", toy_splits(np.random.default_rng(5)))
         assert sorted(p.name for p in tmp_path.iterdir()) == [".toy.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def dead_pid() -> int:

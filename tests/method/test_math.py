@@ -23,7 +23,7 @@ def test_cross_entropy_is_the_mean_negative_log_likelihood():
                                rtol=1e-14, atol=0)
 
 
-def test_inner_gradient_matches_closed_form():
+def test_inner_gradient_matches_its_closed_form():
     """∇_W L = (1/n)(P − Y)ᵀ Z and ∇_b L = (1/n) 1ᵀ(P − Y) for softmax cross-entropy."""
     torch.manual_seed(1)
     n, d, ways = 7, 5, 4

@@ -6,14 +6,14 @@ from anil.model import ConvBody, make_head
 
 
 @pytest.mark.parametrize("size,channels,dim", [(28, 1, 64), (32, 3, 256), (84, 3, 1600)])
-def test_feature_size_is_derived(size, channels, dim):
+def test_feature_size_is_derived_from_image_size_and_width(size, channels, dim):
     body = ConvBody(channels, size)
     assert body.feature_dim == dim
     assert body(torch.rand(4, channels, size, size)).shape == (4, dim)
     assert ConvBody(channels, size, hidden=32).feature_dim == dim // 2
 
 
-def test_depth_and_width():
+def test_depth_sets_the_blocks_and_too_many_poolings_are_refused():
     body = ConvBody(1, 28, hidden=16, depth=2)
     assert len(body.blocks) == 2 and body.feature_dim == 16 * 7 * 7
     with pytest.raises(ValueError, match="shrink"):

@@ -24,7 +24,7 @@ def decode(task):
 
 
 @pytest.mark.parametrize("ways,shots", [(5, 1), (3, 4), (12, 2)])
-def test_task_structure(ways, shots):
+def test_a_task_is_n_classes_of_2k_images_in_class_blocks_labelled_0_to_n_minus_1(ways, shots):
     sampler = TaskSampler(make_split(), ways, shots, seed=7)
     for task_id in range(20):
         task = sampler.task(task_id)
@@ -95,7 +95,7 @@ def test_no_class_from_another_split():
             assert (decode(sampler.task(i))[2] == offset).all()
 
 
-def test_batch_shapes():
+def test_a_batch_stacks_tasks_as_float_images_in_0_1():
     x, y = TaskSampler(make_split(), 5, 1, seed=0).batch(3)
     assert x.shape == (3, 10, 1, 4, 4) and x.dtype == torch.float32 and y.shape == (3, 10)
     assert 0 <= x.min() and x.max() <= 1
@@ -118,11 +118,11 @@ def test_rotation_rotates_each_class_block_by_a_multiple_of_90_degrees():
     assert seen == {0, 1, 2, 3}
 
 
-def test_clear_errors():
+def test_impossible_settings_are_refused_saying_what_to_change():
     split = make_split(num_classes=6, per_class=5, name="toy/train")
     with pytest.raises(SamplerError, match="6-way tasks need 6 classes|7-way tasks need 7 classes"):
         TaskSampler(split, 7, 1)
-    with pytest.raises(SamplerError, match=r"2x3=6 images per class.*--shots 2"):
+    with pytest.raises(SamplerError, match=r"2x3=6 images per class.*; use shots=2 or fewer"):
         TaskSampler(split, 2, 3)
     with pytest.raises(SamplerError, match="ways must be a positive integer"):
         TaskSampler(split, 0, 1)

@@ -79,7 +79,7 @@ def test_binomial_bounds_are_the_exact_tails():
     assert lo < 500 < hi and hi - lo < 2 * 5.5 * math.sqrt(3500 / 7 * 6 / 7)  # about ±5 sd
 
 
-def test_t_central_probability():
+def test_t_central_probability_matches_closed_forms():
     assert t_central_probability(1.0, 1) == pytest.approx(0.5, abs=1e-9)  # Cauchy: arctan(1)·2/π
     assert t_central_probability(2.0, 2) == pytest.approx(2 / math.sqrt(6), abs=1e-9)  # c/√(c²+2)
     assert t_central_probability(1.96, 10 ** 6) == pytest.approx(0.9500042, abs=1e-6)  # ≈ normal
@@ -88,7 +88,7 @@ def test_t_central_probability():
 # -------------------------------------------------------------------------------- mean_ci95
 
 
-def test_ci95_hand_worked_n4():
+def test_ci95_is_1_96_sample_std_over_root_n_hand_worked_for_n_4():
     """[0, 1, 0, 1]: mean 1/2; Σ(x − 1/2)² = 1, so s² = 1/(n − 1) = 1/3 and the half-width is
     1.96 · √(1/3) / √4 = 0.5658. (Population std would give 1.96 · 0.5 / 2 = 0.49; dropping √n,
     1.96 · √(1/3) = 1.1316.)"""
@@ -103,7 +103,7 @@ def test_ci95_hand_worked_n4():
     # Σ(x − 3)² = 4 + 1 + 9 = 14: s² = 7, half = 1.96 √7 / √3
     ([1, 2, 6], 3.0, 1.96 * math.sqrt(7 / 3)),
 ])
-def test_ci95_hand_worked_other_sizes(values, mean, half):
+def test_ci95_hand_worked_for_other_sizes(values, mean, half):
     """n ≠ 4, so the ddof = 1 standard deviation and the √n are pinned separately."""
     got_mean, got_half = mean_ci95(np.array(values, dtype=np.float32))
     assert got_mean == pytest.approx(mean, rel=1e-12)

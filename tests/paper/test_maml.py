@@ -101,7 +101,7 @@ def test_head_only_test_time_adaptation_matches_anil_evaluation():
                     for x, y in zip(images, labels)]
 
 
-def test_layer_names_and_bad_layers():
+def test_layer_names_follow_the_blocks_and_unknown_layers_are_refused():
     body, head, _, _ = small_problem()
     assert maml.layer_names(body) == ["conv1", "conv2", "head"]
     assert maml.layer_params(body, head, ["conv2"]) == [

@@ -220,7 +220,7 @@ def test_first_signal_is_a_flag_and_second_abandons():
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-def test_format_seconds():
+def test_seconds_are_written_as_s_m_and_h():
     assert [format_seconds(s) for s in (9.4, 62, 3725)] == ["9s", "1m02s", "1h02m"]
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from anil import train
-from anil.run.folder import RUN_FILES, RunFolder, RunFolderError, fresh_name
+from anil.run.run_folder import RUN_FILES, RunFolder, RunFolderError, fresh_name
 from anil.run.metrics import MetricsLog, read_metrics
 from anil.run.state import NonFiniteLoss, TrainState
 
@@ -26,11 +26,11 @@ from anil.run.state import NonFiniteLoss, TrainState
 def test_model_selection_keeps_the_first_of_equal_validations():
     state = TrainState()
     weights = iter([{"body": i, "head": i} for i in range(10)])
-    kept = [state.validated(it, acc, 0.01, lambda: next(weights))
+    kept = [state.keep_if_best(it, acc, 0.01, lambda: next(weights))
             for it, acc in [(2, 0.3), (4, 0.7), (6, 0.5), (8, 0.7), (10, 0.6)]]
     assert kept == [True, True, False, False, False]
     assert state.best == {"iteration": 4, "val_accuracy": 0.7, "val_ci95": 0.01, "body": 1, "head": 1}
-    assert state.validated(12, 0.71, 0.02, lambda: {"body": "new", "head": "new"})
+    assert state.keep_if_best(12, 0.71, 0.02, lambda: {"body": "new", "head": "new"})
     assert state.best["iteration"] == 12 and state.best["body"] == "new"
 
 
@@ -56,18 +56,18 @@ def test_a_non_finite_loss_stops_the_run_before_it_is_counted(loss):
 
 
 def test_a_checkpoint_records_whether_the_iterations_validation_is_still_pending():
-    state = TrainState(iteration=6, logged=5, best={"iteration": 4}, untrained={"accuracy": 0.2},
+    state = TrainState(iteration=6, finished=5, best={"iteration": 4}, untrained={"accuracy": 0.2},
                        window={"loss": 1.0, "accuracy": 0.5, "count": 2}, seconds_before=10.0)
     state.start_clock()
     saved = state.state_dict()
     assert saved["pending"] is True and saved["seconds"] >= 10.0
     back = TrainState.from_state_dict(saved)
-    assert (back.iteration, back.logged) == (6, 5)  # the loop redoes iteration 6's validation
+    assert (back.iteration, back.finished) == (6, 5)  # the loop redoes iteration 6's validation
     assert back.best == state.best and back.untrained == state.untrained
     assert back.window == state.window and back.seconds_before == saved["seconds"]
-    state.logged = 6
+    state.finished = 6
     done = TrainState.from_state_dict(state.state_dict())
-    assert state.state_dict()["pending"] is False and (done.iteration, done.logged) == (6, 6)
+    assert state.state_dict()["pending"] is False and (done.iteration, done.finished) == (6, 6)
 
 
 # ------------------------------------------------------------------------------ the run folder
@@ -160,8 +160,8 @@ def fake_run(iterations, val_every, log_every, checkpoint_every, accuracies):
     args = SimpleNamespace(iterations=iterations, val_every=val_every, log_every=log_every,
                            checkpoint_every=checkpoint_every, val_tasks=4, ways=5)
     run = train.Run(args, None, body, head, torch.optim.Adam([*body.parameters(), *head.parameters()]),
-                    {"val": "val sampler", "train": SimpleNamespace(state_dict=lambda: {})},
-                    FakeFolder(), test, {"iterations": iterations}, {})
+                    None, None, {"val": "val sampler", "train": SimpleNamespace(state_dict=lambda: {})},
+                    FakeFolder(), {"iterations": iterations}, {}, test)
     return run, validated
 
 
@@ -173,7 +173,7 @@ def run_loop(run):
     for _ in range(run.args.iterations):
         state.record(float(state.iteration + 1), 1 / (state.iteration + 1))
         train.end_of_iteration(run, state, bar)
-        assert state.logged == state.iteration
+        assert state.finished == state.iteration
     return state
 
 

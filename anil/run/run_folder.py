@@ -22,7 +22,7 @@ from pathlib import Path
 
 from anil.run import checkpoint
 from anil.run.checkpoint import CheckpointError
-from anil.run.lock import FolderLock, LockError
+from anil.lock import FolderLock, LockError
 from anil.run.metrics import MetricsLog, plot_learning_curve, strict_json
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json")
