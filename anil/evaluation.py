@@ -41,7 +41,7 @@ def mean_ci95(values) -> tuple[float, float]:
 def task_accuracies(body, head, images, labels, step_size: float, steps: int,
                     features_fn=None, head_loop: str = "torch.func",
                     batch_norm: str = "task") -> torch.Tensor:
-    """Query accuracy after S inner steps for each of b tasks, images [b, 2NK, C, H, W].
+    """Query accuracy after m inner steps for each of b tasks, images [b, 2NK, C, H, W].
 
     Each task goes through the body with its own batch-norm statistics (of the images that
     ``batch_norm`` names); the b heads then adapt together in one vmapped head loop."""

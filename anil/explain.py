@@ -8,14 +8,20 @@ For one task T with support set S and query set Q (docs/design.md, "Tasks: suppo
 labels"), in the paper's notation:
 
     Z = f_θ(X)                                     one body call on all 2NK images (batch norm)
-    w^(0) = w,  w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),  s = 0..S−1     the inner loop, head only
-    L(Q; θ, w^(S))                                 the query loss of the adapted head
-    ∇_(θ,w) L(Q; θ, w^(S))                         the meta-gradient, through the inner loop
+    w^(0) = w,  w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),  s = 0..m−1     the inner loop, head only
+    L(Q; θ, w^(m))                                 the query loss of the adapted head
+    ∇_(θ,w) L(Q; θ, w^(m))                         the meta-gradient, through the inner loop
 
-It prints the task, the features, a row per inner step s = 0..S (support and query loss and
+It prints the task, the features, a row per inner step s = 0..m (support and query loss and
 accuracy at w^(s), and ‖w^(s) − w^(0)‖), the query loss and accuracy, and the meta-gradient's norm
 per layer in second and first order, with the size of the second-order (Hessian) terms relative
-to it. It writes task.png (the task's images) and inner-loop.png (the losses per inner step).
+to it and what that share means. It writes task.png (the task's images), inner-loop.png (the
+losses per inner step) and features.png (the task's features in a plane with the head's class
+directions before and after the inner loop, ``anil.feature_plane``). For a MAML-trained network
+(``maml.pt`` of ``python -m anil.paper.compare``) it also prints feature reuse in numbers: per
+layer, how far MAML's inner loop moves it and the CKA of its outputs before and after
+(``anil.paper.feature_reuse``), beside ANIL's head, and draws them as feature-reuse.png.
+``--results FILE`` writes the numbers to a results file (anil/run/results.py).
 
 Every number comes from the project's own functions: ``anil.algorithm.head_loss``,
 ``adapt_head`` (one step at a time), ``adapt_and_score`` and ``task_loss``. Nothing here
@@ -37,19 +43,25 @@ from pathlib import Path
 import torch
 
 from anil.data import DatasetError, load_split
+from anil.explain_maml import results_of, reuse_lines, second_order_lines
 from anil.model import ConvBody, make_head
+from anil.paper.feature_reuse import feature_reuse
 from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
                           non_negative_int, positive_float, program, resolve_device, set_threads)
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.plot import line_chart, task_grid
+from anil.run.plot.features import features_plot, reuse_plot
 from anil.run.presets import preset
+from anil.run.results import ResultsError, write_results
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from anil.walkthrough import Walkthrough, walk_through
 
-OUTPUTS = ("task.png", "inner-loop.png")
+OUTPUTS = ("task.png", "inner-loop.png", "features.png", "feature-reuse.png")  # the last: MAML only
 DEFAULT_OUT = Path("runs/explain")
 UNTRAINED_SEED = 0  # torch.manual_seed of the untrained network
+TRAINING_SETTINGS = ("algorithm", "iterations", "meta_batch", "hidden", "inner_steps", "outer_lr",
+                     "first_order", "seed")  # of a --run, recorded by --results
 
 EXAMPLES = """examples:
   python -m anil.explain                                  untrained network, glyphs, test task 0
@@ -89,9 +101,10 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
               f"{_shape(s['Z_Q'])} query features",
               f"  the support set in a call of its own would get other statistics: "
               f"‖f_θ(X_S) − Z_S‖ / ‖Z_S‖ = {result.support_alone_change:.3f}",
-              "", f"The inner loop (docs/design.md#the-inner-loop), head only, α = {step_size:g}, "
-              f"S = {steps}:",
-              "  w^(0) = w,   w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s))",
+              "", f"The inner loop (docs/design.md#the-inner-loop), head only, inner step size "
+              f"α = {step_size:g}, m = {steps} inner step{'s' if steps != 1 else ''}:",
+              "  w^(0) = w,   w^(s+1) = w^(s) − α ∇_w L(S; θ, w^(s)),   s = 0..m−1  "
+              "(S: the support set)",
               "     s   L(S; θ, w^(s))  acc S   L(Q; θ, w^(s))  acc Q   ‖w^(s) − w^(0)‖"]
     for row in result.trace:
         lines.append(f"  {row['step']:4d}   {row['support_loss']:14.4f}  {_pct(row['support_accuracy'])}"
@@ -99,9 +112,9 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
                      f"{row['distance']:15.4f}")
     correct = round(result.query_accuracy * n)
     lines += ["", "The query loss (docs/design.md#the-outer-loop-and-the-meta-gradient)",
-              f"  L(Q; θ, w^(S)) = {result.query_loss:.4f}   query accuracy "
+              f"  L(Q; θ, w^(m)) = {result.query_loss:.4f}   query accuracy "
               f"{100 * result.query_accuracy:.1f}% ({correct} of {n}; chance {100 / ways:.0f}%)",
-              "", "The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) "
+              "", "The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(m)) "
               "(docs/design.md#the-outer-loop-and-the-meta-gradient)",
               "  second order: through the inner loop;  first order: each ∇_w L(S) taken as a "
               "constant (docs/design.md#first-order)",
@@ -116,21 +129,30 @@ def report(result: Walkthrough, task, class_names, rotations, ways: int, shots: 
     if any(row["share"] > 1 for row in result.gradient.values()):
         lines.append("  (above 100%: there the second-order terms point against the first-order ones, "
                      "and ‖g_second‖ < ‖g_second − g_first‖)")
-    return lines
+    return lines + second_order_lines(result.gradient)
 
 
 def draw(out: RunFolder, result: Walkthrough, task, title: str, step_size: float, steps: int):
-    """task.png (the task's images, a row per label, support then query) and inner-loop.png
-    (support and query loss against the inner step s). Pillow's default font has no Greek
-    letters, so the pictures spell α and θ out."""
+    """task.png (the task's images, a row per label, support then query), inner-loop.png
+    (support and query loss against the inner step s) and features.png (``features_plot``).
+    Pillow's default font has no Greek letters, so the pictures use the words the printout
+    puts beside its symbols (inner step size for α)."""
     out.write_png("task.png", lambda path: task_grid(task.images, task.labels, path, title=title))
     s = [row["step"] for row in result.trace]
     out.write_png("inner-loop.png", lambda path: line_chart(
-        path, {"support loss L(S; theta, w^(s))": (s, [r["support_loss"] for r in result.trace]),
-               "query loss L(Q; theta, w^(s))": (s, [r["query_loss"] for r in result.trace])},
-        title=f"{title}: the inner loop, alpha = {step_size:g}, {steps} step{'s' if steps != 1 else ''}",
+        path, {"support loss (what the inner loop minimises)":
+               (s, [r["support_loss"] for r in result.trace]),
+               "query loss (what the outer loop minimises)":
+               (s, [r["query_loss"] for r in result.trace])},
+        title=f"{title}: the inner loop, inner step size {step_size:g}, {steps} "
+              f"step{'s' if steps != 1 else ''}",
         xlabel="inner step s", ylabel="cross-entropy loss",
         ylim=(0, 1.06 * max(max(r["support_loss"], r["query_loss"]) for r in result.trace))))
+    out.write_png("features.png", lambda path: features_plot(
+        path, result.plane, title=f"{title}: features and class directions, {steps} inner "
+                                  f"step{'s' if steps != 1 else ''}"))
+    if result.reuse is not None:
+        out.write_png("feature-reuse.png", lambda path: reuse_plot(path, result.reuse, title))
 
 
 # --------------------------------------------------------------------------------- the command
@@ -147,14 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task id in the test split, 0 or more (default: 0; a task is a pure "
                         "function of the seed and its id)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help=f"folder for {' and '.join(OUTPUTS)} (default: {DEFAULT_OUT}, or the run's "
+                   help=f"folder for {', '.join(OUTPUTS)} (default: {DEFAULT_OUT}, or the run's "
                         f"explain/ folder)")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="folder of the named datasets (default: data, or the run's)")
-    p.add_argument("--steps", type=non_negative_int, default=None, metavar="S",
-                   help="S, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
+    p.add_argument("--steps", type=non_negative_int, default=None, metavar="M",
+                   help="m, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
     p.add_argument("--inner-lr", type=positive_float, default=None, metavar="ALPHA",
                    help="α, inner step size (default: the run's, or the glyphs preset's)")
+    p.add_argument("--results", type=Path, default=None, metavar="FILE",
+                   help="also write the printed numbers to FILE, a results file (anil/run/results.py)")
     add_device_options(p, speed=False, head_loop=False)
     return p
 
@@ -234,15 +258,29 @@ def explain(args) -> Walkthrough:
           f"(sampler seed split_seed({config.seed}, \"test\") = {seed})", flush=True)
     body, head = body.to(device), head.to(device)
     result = walk_through(body, head, task.images.to(device), task.labels.to(device), step_size, steps)
+    if getattr(config, "algorithm", "anil") == "maml":  # anil.paper.compare's maml.pt
+        result.reuse = feature_reuse(body, head, task.images.to(device), task.labels.to(device),
+                                     step_size, steps)
     print("\n".join(report(result, task, class_names, rotations, config.ways, config.shots,
-                           step_size, steps)))
+                           step_size, steps)
+                     + (reuse_lines(result.reuse, step_size, steps) if result.reuse else [])))
     title = f"{dataset_name(config)} test task {args.task}"
     try:
-        with RunFolder(out, names=OUTPUTS).open(resuming=True) as folder:  # its own two files only
+        with RunFolder(out, names=OUTPUTS).open(resuming=True) as folder:  # its own files only
             draw(folder, result, task, title, step_size, steps)
     except RunFolderError as e:
         fail(str(e))
-    print(f"\nwrote {out / OUTPUTS[0]} and {out / OUTPUTS[1]}")
+    written = OUTPUTS if result.reuse is not None else OUTPUTS[:3]
+    print(f"\nwrote {', '.join(str(out / name) for name in written)}")
+    if args.results is not None:
+        context = {"network": what, "dataset": dataset_name(config), "task": args.task,
+                   "ways": config.ways, "shots": config.shots, "inner_lr": step_size, "steps": steps,
+                   "trained_with": {k: getattr(config, k) for k in TRAINING_SETTINGS
+                                    if args.run is not None and hasattr(config, k)}}
+        try:
+            print(f"wrote {write_results(args.results, results_of(result, context), device)}")
+        except ResultsError as e:
+            fail(str(e))
     return result
 
 

@@ -5,7 +5,7 @@ differentiable inner loop and one ``backward()`` reaches θ through every adapta
 module uses the fact that θ enters the meta-loss only through the features Z = f_θ(X)
 (docs/design.md, "The body/head split"):
 
-    ∂L/∂θ = (∂L/∂Z)(∂Z/∂θ),      L = (1/B) Σ_i L(Q_i; θ, w_i^(S)(θ, w))
+    ∂L/∂θ = (∂L/∂Z)(∂Z/∂θ),      L = (1/B) Σ_i L(Q_i; θ, w_i^(m)(θ, w))
 
 where ∂L/∂Z already carries every second-order head term. So a step is
 
@@ -261,7 +261,7 @@ def compiled_head_loop(name: str):
 def head_gradients(head: nn.Module, params, features, labels, step_size: float, steps: int,
                    first_order: bool = False, scale: float = 1.0, head_loop: str = "torch.func",
                    compiled: bool = False):
-    """∂L/∂w and ∂L/∂Z of L = scale · Σ_i L(Q_i; θ, w_i^(S)) over a group of b tasks.
+    """∂L/∂w and ∂L/∂Z of L = scale · Σ_i L(Q_i; θ, w_i^(m)) over a group of b tasks.
 
     ``features`` [b, 2NK, D] are treated as inputs (the caller detached them from the body);
     support and query are interleaved as in every task. One ordinary ``torch.autograd.grad``
@@ -287,7 +287,7 @@ def head_gradients(head: nn.Module, params, features, labels, step_size: float, 
 def meta_gradient(body, head, images, labels, step_size: float, steps: int,
                   first_order: bool = False, speed: Speed | None = None, features_fn=None,
                   batch_norm: str = "task"):
-    """Accumulate ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(S)) into ``.grad`` of body and head.
+    """Accumulate ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)) into ``.grad`` of body and head.
 
     The same gradient as ``meta_loss(...).backward()`` (tested to ~1e-10 in float64), by the
     body/head split of the module docstring, one group of ``speed.tasks_per_call(B)`` tasks at a

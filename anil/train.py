@@ -40,10 +40,11 @@ from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import dataset_name, fail, set_threads
+from anil.run.cli import fail, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.run_folder import RunFolder, RunFolderError
-from anil.run.setup import join_processes, open_data
+from anil.run.metrics import curve_marks
+from anil.run.setup import join_processes, open_data, print_setup
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
 from anil.run.state import NonFiniteLoss, TrainState
 from anil.sampler import TaskSampler
@@ -177,7 +178,9 @@ def meta_test(run: Run, state: TrainState) -> dict:
                "untrained_test_accuracy": untrained["accuracy"],
                "untrained_test_ci95": untrained["ci95"], "train_seconds": state.seconds(),
                "history": run.folder.metrics.rows()}
-    run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
+    run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways,
+                          **curve_marks(run.config, state.untrained,
+                                        tested and (mean, ci, tested["record"]["iteration"])))
     run.folder.write_summary(summary)
     if ctx.is_main:
         print(f"wrote {', '.join(run.folder.written())} in {args.out}")
@@ -234,7 +237,8 @@ def end_of_iteration(run: Run, state: TrainState, bar: Progress) -> None:
     state.finished = it
     if (args.checkpoint_every and it % args.checkpoint_every == 0) or last:
         save_checkpoint(run, state)
-        run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways)
+        run.folder.draw_curve(state.best and state.best["iteration"], chance=1 / args.ways,
+                              **curve_marks(run.config, state.untrained))
 
 
 def save_checkpoint(run: Run, state: TrainState) -> None:
@@ -303,39 +307,29 @@ def make_tester(body, head, args, ctx, features_fn, stop):
     return test
 
 
-def print_setup(args, body, head, ctx, threads) -> None:
-    n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
-    order = "first" if args.first_order else "second"
-    print(f"ANIL on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
-          f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
-          f"at test), {order} order, batch norm {args.batch_norm}, Adam β={args.outer_lr}, {args.iterations} iterations, "
-          f"{n_params:,} parameters, device {ctx.device}"
-          + (f" × {ctx.world_size} processes" if ctx.distributed else f", {threads} thread{'s' if threads > 1 else ''}"),
-          flush=True)
-    loop = ("torch.func (vmap ∘ grad ∘ functional_call)" if args.head_loop == "torch.func"
-            else "closed form (linear head)")
-    speed = ("the readable reference path (anil/algorithm.py)" if args.strategy == "reference" else
-             f"strategy {args.strategy}{f' ({args.chunk_size} tasks)' if args.strategy == 'chunk' else ''}, "
-             f"{'batched' if args.batch_body else 'per-task'} body, {args.precision}, "
-             f"{'channels-last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}")
-    print(f"head loop: {loop}, {order} order; {speed}", flush=True)
-
-
 def start_or_resume(run: Run, resumed) -> TrainState:
-    """A fresh run: test the untrained network (the baseline meta-training must beat). A
-    resumed run: restore weights, optimizer, sampler, random states and the loop's state."""
+    """A fresh run: test the untrained network (the baseline meta-training must beat), and
+    validate it as iteration 0 of the learning curve. A resumed run: restore weights,
+    optimizer, sampler, random states and the loop's state."""
     args = run.args
     if resumed is None:
-        if "test" not in run.samplers:  # no untrained test either (open_data said so)
-            return TrainState()
-        start = time.perf_counter()
+        start, untrained, row = time.perf_counter(), None, {"iteration": 0, "seconds": 0.0}
         try:
-            mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
+            if "test" in run.samplers:  # else no untrained test either (open_data said so)
+                mean, ci, _ = run.test(run.samplers["test"], args.eval_tasks, "untrained test")
+                untrained = {"accuracy": mean, "ci95": ci}
+            if args.val_every:  # the curve's first point; not a candidate for best.pt
+                row["val_accuracy"], row["val_ci95"], _ = run.test(run.samplers["val"],
+                                                                   args.val_tasks, "validation")
+                run.folder.log(row)
         except StopRequested as e:
             exit_stopped(e, "before training began; nothing to resume: run the command again")
-        print(f"untrained network: test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over "
-              f"{args.eval_tasks} tasks ({time.perf_counter() - start:.1f}s)", flush=True)
-        return TrainState(untrained={"accuracy": mean, "ci95": ci})
+        if untrained:
+            print(f"untrained network: test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% over "
+                  f"{args.eval_tasks} tasks" + (f", validation {100 * row['val_accuracy']:.1f}%"
+                                                 if "val_accuracy" in row else "")
+                  + f" ({time.perf_counter() - start:.1f}s)", flush=True)
+        return TrainState(untrained=untrained)
     try:
         run.body.load_state_dict(resumed["body"])
         run.head.load_state_dict(resumed["head"])

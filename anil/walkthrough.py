@@ -15,6 +15,7 @@ import torch
 from torch.func import functional_call
 
 from anil.algorithm import adapt_and_score, adapt_head, head_loss, task_loss
+from anil.feature_plane import feature_plane
 from anil.paper.maml import layer_names, layer_params, network_params
 from anil.sampler import support_query
 
@@ -34,9 +35,9 @@ def head_distance(params, start) -> torch.Tensor:
 def inner_loop_trace(head, params, support_features, support_labels, query_features,
                      query_labels, step_size: float, steps: int):
     """The inner loop one step at a time, w^(s+1) = adapt_head(w^(s), steps=1), and at every
-    s = 0..S the support loss L(S; θ, w^(s)) and accuracy, the query loss L(Q; θ, w^(s)) and
-    accuracy, and ‖w^(s) − w^(0)‖. One step S times is ``adapt_head(..., steps=S)``: the same
-    update in the same order. Returns (rows, w^(S))."""
+    s = 0..m the support loss L(S; θ, w^(s)) and accuracy, the query loss L(Q; θ, w^(s)) and
+    accuracy, and ‖w^(s) − w^(0)‖. One step m times is ``adapt_head(..., steps=m)``: the same
+    update in the same order. Returns (rows, w^(m))."""
     start, rows = params, []
     for s in range(steps + 1):
         if s > 0:
@@ -51,7 +52,7 @@ def inner_loop_trace(head, params, support_features, support_labels, query_featu
 
 
 def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: int) -> dict:
-    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(S)) of one task, differentiating ``task_loss``
+    """The meta-gradient g = ∇_(θ,w) L(Q; θ, w^(m)) of one task, differentiating ``task_loss``
     in second order (through the inner loop, the default) and first order (inner gradients
     treated as constants), grouped by layer: conv1..conv4 (each conv + batch norm) and head.
 
@@ -59,7 +60,7 @@ def meta_gradient_by_layer(body, head, images, labels, step_size: float, steps: 
     second = ‖g_second‖, first = ‖g_first‖ and share = ‖g_second − g_first‖ / ‖g_second‖: the
     size of the second-order (Hessian-vector) terms g_second − g_first relative to the
     meta-gradient (docs/design.md, "First order"). It exceeds 1 where those terms point against
-    the first-order ones. With S = 0 both orders are the same computation and the share is 0."""
+    the first-order ones. With m = 0 both orders are the same computation and the share is 0."""
     params = network_params(body, head)
     names = list(params)
 
@@ -86,10 +87,12 @@ class Walkthrough:
 
     shapes: dict  # name -> shape, for X, y, Z, Z_S, Z_Q
     support_alone_change: float  # ‖f_θ(X_S) − Z_S‖ / ‖Z_S‖, what a separate support call changes
-    trace: list  # inner_loop_trace rows, s = 0..S
-    query_loss: float  # L(Q; θ, w^(S)) from adapt_and_score
+    trace: list  # inner_loop_trace rows, s = 0..m
+    query_loss: float  # L(Q; θ, w^(m)) from adapt_and_score
     query_accuracy: float
     gradient: dict  # meta_gradient_by_layer
+    plane: object = None  # anil.feature_plane.FeaturePlane: Z, W^(0) and W^(m) in a plane
+    reuse: dict | None = None  # anil.paper.feature_reuse, for a MAML-trained network
 
 
 def walk_through(body, head, images, labels, step_size: float, steps: int) -> Walkthrough:
@@ -104,11 +107,12 @@ def walk_through(body, head, images, labels, step_size: float, steps: int) -> Wa
         alone = body(support_query(images)[0])  # the support set in a call of its own
         change = ((alone - support_features).norm() / support_features.norm()).item()
         params = {k: v.detach() for k, v in head.named_parameters()}
-        trace, _ = inner_loop_trace(head, params, support_features, support_labels,
-                                    query_features, query_labels, step_size, steps)
+        trace, adapted = inner_loop_trace(head, params, support_features, support_labels,
+                                          query_features, query_labels, step_size, steps)
         query_loss, query_accuracy = adapt_and_score(head, params, support_features, support_labels,
                                                      query_features, query_labels, step_size, steps)
     shapes = {"X": images.shape, "y": labels.shape, "Z": features.shape,
               "Z_S": support_features.shape, "Z_Q": query_features.shape}
     return Walkthrough(shapes, change, trace, query_loss.item(), query_accuracy.item(),
-                       meta_gradient_by_layer(body, head, images, labels, step_size, steps))
+                       meta_gradient_by_layer(body, head, images, labels, step_size, steps),
+                       feature_plane(features, labels, params, adapted))

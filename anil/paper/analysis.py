@@ -7,7 +7,7 @@ representation similarity before and after the inner loop (§3.2, Figures 2-3).
 Freezing: the model adapts only the layers after the frozen ones at test time (conv1..conv4 are
 the body's blocks; freezing all of them leaves the head, i.e. ANIL-style adaptation).
 
-Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(S) the network
+Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i^(m) the network
 after the inner loop on the task's support set (MAML adapts every layer, ANIL the head only).
 Both run on the task's 2NK images and each layer's outputs are compared by linear CKA
 (``anil.paper.cka``), averaged over tasks. A control row compares the trained network with a freshly
@@ -21,13 +21,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
 from anil.data import DatasetError, load_split
 from anil.evaluation import mean_ci95
 from anil.model import ConvBody, make_head
 from anil.paper import maml
 from anil.paper.cka import linear_cka
+from anil.paper.feature_reuse import layer_outputs
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
                           positive_int, program, resolve_device, set_threads)
@@ -36,20 +36,6 @@ from anil.run.plot import bar_chart
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
-
-
-def layer_outputs(body: ConvBody, head, params: maml.Params, images: torch.Tensor) -> dict:
-    """Each layer's output on one task's images with parameters ``params`` (``maml`` names):
-    {conv1: [n, C, H, W], ..., head: logits [n, N]}."""
-    outputs, x = {}, images
-    for i, block in enumerate(body.blocks):
-        prefix = f"body.blocks.{i}."
-        x = functional_call(block, {k[len(prefix):]: v for k, v in params.items()
-                                    if k.startswith(prefix)}, (x,))
-        outputs[f"conv{i + 1}"] = x
-    head_params = {k[5:]: v for k, v in params.items() if k.startswith("head.")}
-    outputs["head"] = functional_call(head, head_params, (x.flatten(1),))
-    return outputs
 
 
 def freezing_table(body, head, sampler, num_tasks, step_size, steps, device="cpu"):

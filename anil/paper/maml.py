@@ -4,9 +4,9 @@
 Write φ = (θ, w) for all parameters of body and head, and φ_A ⊆ φ for the ones the inner loop
 adapts (the rest, φ_F, stay at their meta-learned values). For task T_i:
 
-    φ_A,i^(0) = φ_A,    φ_A,i^(s+1) = φ_A,i^(s) − α ∇_φ_A L(S_i; φ_F, φ_A,i^(s)),    s = 0..S−1
+    φ_A,i^(0) = φ_A,    φ_A,i^(s+1) = φ_A,i^(s) − α ∇_φ_A L(S_i; φ_F, φ_A,i^(s)),    s = 0..m−1
 
-and the outer loop minimises (1/B) Σ_i L(Q_i; φ_F, φ_A,i^(S)(φ)) over all of φ.
+and the outer loop minimises (1/B) Σ_i L(Q_i; φ_F, φ_A,i^(m)(φ)) over all of φ.
 
 * MAML: φ_A = φ (every layer adapts); the default here.
 * ANIL: φ_A = w (the head only). ``anil.algorithm`` is the fast special case: with θ fixed in the
@@ -25,7 +25,7 @@ exactly as in ``anil.algorithm`` (which runs the body once on support + query). 
 "separate" and "support" the inner steps run the network on the support images alone (their
 own statistics); the query pass runs on the query images alone ("separate": the MAML reference
 code's two forward calls) or on support and query with the support's statistics ("support").
-The body runs S + 1 times per task (S inner steps, one query pass), which is MAML's extra cost.
+The body runs m + 1 times per task (m inner steps, one query pass), which is MAML's extra cost.
 
 Parameters are one flat dict with the names of ``network_params``: ``body.<name>`` and
 ``head.<name>``.
@@ -107,7 +107,7 @@ def layer_params(body: nn.Module, head: nn.Module, layers) -> list[str]:
 def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor,
           labels: torch.Tensor, step_size: float, steps: int, first_order: bool = False,
           adapted: list[str] | None = None, batch_norm: str = "task") -> Params:
-    """S steps of φ_A ← φ_A − α ∇_φ_A L(S; φ_F, φ_A) on the support set (even positions).
+    """m steps of φ_A ← φ_A − α ∇_φ_A L(S; φ_F, φ_A) on the support set (even positions).
 
     ``adapted`` names the parameters in φ_A (default: all of them, i.e. MAML). Returns the full
     parameter dict with the adapted entries replaced. Under ``batch_norm="task"`` the network
@@ -137,7 +137,7 @@ def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor
 
 def task_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
               adapted: list[str] | None = None, batch_norm: str = "task"):
-    """L(Q_i; φ_F, φ_A,i^(S)) for one task, and the query accuracy of the adapted network."""
+    """L(Q_i; φ_F, φ_A,i^(m)) for one task, and the query accuracy of the adapted network."""
     check_batch_norm(body, batch_norm)
     params = adapt(body, head, network_params(body, head), images, labels, step_size, steps,
                    first_order, adapted, batch_norm)
@@ -149,7 +149,7 @@ def task_loss(body, head, images, labels, step_size: float, steps: int, first_or
 
 def meta_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
               adapted: list[str] | None = None, batch_norm: str = "task"):
-    """(1/B) Σ_i L(Q_i; φ_F, φ_A,i^(S)) over images [B, 2NK, C, H, W], labels [B, 2NK]."""
+    """(1/B) Σ_i L(Q_i; φ_F, φ_A,i^(m)) over images [B, 2NK, C, H, W], labels [B, 2NK]."""
     losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order, adapted,
                                          batch_norm)
                                for x, y in zip(images, labels)))
@@ -169,7 +169,7 @@ def meta_train_step(body, head, optimizer, images, labels, step_size, steps, fir
 
 def task_accuracy(body, head, images, labels, step_size: float, steps: int,
                   adapted: list[str] | None = None, batch_norm: str = "task") -> float:
-    """Query accuracy after S inner steps on the support set, adapting ``adapted`` (default all).
+    """Query accuracy after m inner steps on the support set, adapting ``adapted`` (default all).
     No outer graph is kept (``torch.func.grad`` still differentiates the inner loop)."""
     with torch.no_grad():
         return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,

@@ -6,7 +6,7 @@ every process draws the same B task ids (same sampler, same seed), and process r
 share, the tasks at positions r·b .. (r+1)·b − 1 with b = B/P. The meta-gradient of the whole
 meta-batch is the average of the per-process gradients of the per-process mean loss:
 
-    ∇ (1/B) Σ_{i=1..B} L(Q_i; θ, w_i^(S))  =  (1/P) Σ_r ∇ (1/b) Σ_{i ∈ share(r)} L(Q_i; θ, w_i^(S))
+    ∇ (1/B) Σ_{i=1..B} L(Q_i; θ, w_i^(m))  =  (1/P) Σ_r ∇ (1/b) Σ_{i ∈ share(r)} L(Q_i; θ, w_i^(m))
 
 so one all-reduce (sum, then divide by P) of the gradients after ``backward()`` gives every
 process the gradient of the whole meta-batch, and every process takes the same optimiser step

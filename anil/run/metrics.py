@@ -95,18 +95,34 @@ def read_metrics(path: str | Path, damaged: list | None = None) -> list[dict]:
 
 
 def plot_learning_curve(rows: list[dict], path: str | Path, title: str = "learning curve",
-                        best_iteration: int | None = None, chance: float | None = None) -> Path:
+                        best_iteration: int | None = None, chance: float | None = None,
+                        **marks) -> Path:
     """The learning curve as a PNG, two panels against iteration: accuracy (%) on top (meta-train
     query accuracy, validation accuracy with its 95% CI band, the best validation point, and
     ``chance``, a fraction such as 1/ways, as a dashed line), the meta-train query loss below.
-    Rows may lack any key; NaN and infinite values are skipped (``plot.learning_curve_figure``)."""
+    Rows may lack any key; NaN and infinite values are skipped (``plot.learning_curve_figure``).
+    ``marks``: ``test``, ``untrained`` and ``note`` of ``learning_curve_figure`` (``curve_marks``)."""
     return learning_curve_figure(rows, title=title, best_iteration=best_iteration,
-                                 chance=chance).save(path)
+                                 chance=chance, **marks).save(path)
+
+
+def curve_marks(config: dict, untrained: dict | None = None, test: tuple | None = None) -> dict:
+    """The learning curve's test and untrained marks and its caption, from a run's config (its
+    inner steps and validation tasks), its untrained test ``{"accuracy", "ci95"}`` and its test
+    ``(accuracy, ci95, iteration)``. The caption says why validation sits above meta-train."""
+    note = (f"Why validation sits above meta-train: validation adapts with "
+            f"{config.get('test_inner_steps', '?')} inner steps on {config.get('val_tasks', '?')} "
+            f"fixed tasks with the weights of that iteration; meta-train is the query accuracy "
+            f"after {config.get('inner_steps', '?')} steps, averaged over the iterations since "
+            f"the previous point while the weights change. Iteration 0: the untrained network.")
+    return {"note": note, "test": test,
+            "untrained": (untrained["accuracy"], untrained["ci95"]) if untrained else None}
 
 
 def best_validation(rows: list[dict]):
-    """The validation row with the highest accuracy (the earliest one on ties), or None."""
-    val = [r for r in rows if "val_accuracy" in r]
+    """The validation row with the highest accuracy (the earliest one on ties), or None. The
+    untrained network's row (iteration 0) is not a candidate, as it is not for best.pt."""
+    val = [r for r in rows if "val_accuracy" in r and r["iteration"] > 0]
     return max(val, key=lambda r: (r["val_accuracy"], -r["iteration"])) if val else None
 
 
@@ -117,6 +133,25 @@ def chance_of(run: Path):
         return 1 / checkpoint.load(run / "checkpoint.pt")["config"]["ways"]
     except (checkpoint.CheckpointError, KeyError, TypeError, ZeroDivisionError):
         return None
+
+
+def marks_of(run: Path) -> dict:
+    """``curve_marks`` for a run folder: from summary.json once the run finished (test and
+    untrained), else from checkpoint.pt (untrained only); {} if neither can be read."""
+    from anil.run import checkpoint
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        return curve_marks(summary["config"], {"accuracy": summary["untrained_test_accuracy"],
+                                               "ci95": summary["untrained_test_ci95"]},
+                           (summary["test_accuracy"], summary["test_ci95"],
+                            summary["tested"]["iteration"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        saved = checkpoint.load(run / "checkpoint.pt")
+        return curve_marks(saved["config"], saved.get("untrained"))
+    except (checkpoint.CheckpointError, KeyError, TypeError):
+        return {}
 
 
 def main(argv=None):
@@ -142,7 +177,7 @@ def main(argv=None):
     try:
         out = plot_learning_curve(rows, output, title=args.run.name,
                                   best_iteration=best and best["iteration"],
-                                  chance=chance_of(args.run))
+                                  chance=chance_of(args.run), **marks_of(args.run))
     except OSError as e:
         sys.exit(f"error: cannot write {output} ({e.strerror or e}); give a writable place with "
                  f"--output")

@@ -182,11 +182,13 @@ class RunFolder:
     def log(self, row: dict) -> None:
         self._write("metrics.jsonl", lambda: self.metrics.append(row))
 
-    def draw_curve(self, best_iteration=None, chance=None) -> None:
+    def draw_curve(self, best_iteration=None, chance=None, **marks) -> None:
+        """curve.png; ``marks``: the test and untrained marks and caption (``curve_marks``)."""
         rows = self.metrics.rows() if self.writes else []
         if rows:
             self.write_png("curve.png", lambda path: plot_learning_curve(
-                rows, path, title=self.path.name, best_iteration=best_iteration, chance=chance))
+                rows, path, title=self.path.name, best_iteration=best_iteration, chance=chance,
+                **marks))
 
     def truncate_metrics(self, iteration: int) -> int:
         """On resume: drop metrics rows past the checkpoint's ``iteration`` and damaged lines;

@@ -1,6 +1,6 @@
 """What train.py does before its loop that is plumbing, not the method: joining the torchrun
-processes, and opening the dataset with every check a run needs (image shape against the
-preset, the dataset's fingerprint against a resumed run's)."""
+processes, opening the dataset with every check a run needs (image shape against the preset,
+the dataset's fingerprint against a resumed run's), and the startup lines."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def open_data(args, ctx, resumed):
                            "--allow-config-change")
         print(f"note: {message}; continuing as asked", flush=True)
     return samplers, dataset
+
+
+def print_setup(args, body, head, ctx, threads) -> None:
+    n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
+    order = "first" if args.first_order else "second"
+    print(f"ANIL on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
+          f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
+          f"at test), {order} order, batch norm {args.batch_norm}, Adam β={args.outer_lr}, "
+          f"{args.iterations} iterations, "
+          f"{n_params:,} parameters, device {ctx.device}"
+          + (f" × {ctx.world_size} processes" if ctx.distributed else f", {threads} thread{'s' if threads > 1 else ''}"),
+          flush=True)
+    loop = ("torch.func (vmap ∘ grad ∘ functional_call)" if args.head_loop == "torch.func"
+            else "closed form (linear head)")
+    speed = ("the readable reference path (anil/algorithm.py)" if args.strategy == "reference" else
+             f"strategy {args.strategy}{f' ({args.chunk_size} tasks)' if args.strategy == 'chunk' else ''}, "
+             f"{'batched' if args.batch_body else 'per-task'} body, {args.precision}, "
+             f"{'channels-last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}")
+    print(f"head loop: {loop}, {order} order; {speed}", flush=True)

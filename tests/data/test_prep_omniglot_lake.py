@@ -166,7 +166,7 @@ def test_lake_protocol_end_to_end(lake, tmp_path, capsys):
                     f"test; test the run on the Omniglot authors' 20 one-shot runs: python -m data_prep.omniglot "
                     f"--root {data} --runs, then python evaluate.py {out_dir} --episodes {data / 'omniglot-runs'}"]
     assert "untrained network" not in out and "test accuracy" not in out
-    assert f"no test split: test the run on the Omniglot authors' 20 one-shot runs" in out
+    assert "no test split: test the run on the Omniglot authors' 20 one-shot runs" in out
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["test_accuracy"] is None and summary["untrained_test_accuracy"] is None
     assert summary["tested"] is None and summary["history"][-1]["val_accuracy"] is not None

@@ -15,6 +15,7 @@ from anil.data import load_split
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, plot
 from anil.run.checkpoint import load_run
+from anil.run.results import read_results
 from anil.sampler import TaskSampler, split_seed, support_query
 from tiny import tiny_problem
 
@@ -74,10 +75,10 @@ def test_support_loss_decreases_for_a_step_within_the_smoothness_bound():
 
 
 def test_first_order_gradient_is_the_direct_path_and_second_order_adds_to_every_layer():
-    """First order: ∂w^(S)/∂w = I and no path through the inner gradients, so g_first is the
+    """First order: ∂w^(m)/∂w = I and no path through the inner gradients, so g_first is the
     query loss's gradient at the adapted head held fixed: ∇_w' L(Q; θ, w') for the head and
-    ∂L(Q; θ, w')/∂θ for the body, w' = w^(S) (computed here directly). Second order adds the
-    Hessian terms to every layer: share > 0; with S = 0 nothing is adapted and the share is 0."""
+    ∂L(Q; θ, w')/∂θ for the body, w' = w^(m) (computed here directly). Second order adds the
+    Hessian terms to every layer: share > 0; with m = 0 nothing is adapted and the share is 0."""
     body, head, images, labels = tiny_task(seed=2)
     alpha, steps = 0.5, 3
     table = walkthrough.meta_gradient_by_layer(body, head, images, labels, alpha, steps)
@@ -133,7 +134,7 @@ def printed_trace(stdout):
 
 
 def printed_query(stdout):
-    m = re.search(r"L\(Q; θ, w\^\(S\)\) = ([\d.]+)\s+query accuracy ([\d.]+)%", stdout)
+    m = re.search(r"L\(Q; θ, w\^\(m\)\) = ([\d.]+)\s+query accuracy ([\d.]+)%", stdout)
     return float(m[1]), float(m[2])
 
 
@@ -177,16 +178,18 @@ def test_untrained_network_on_glyphs(glyph_root, tmp_path, capsys):
 
     # the pictures: valid PNGs of the sizes their figures have
     title = "glyphs test task 2"
-    assert stdout.rstrip().endswith(f"wrote {out / 'task.png'} and {out / 'inner-loop.png'}")
+    assert stdout.rstrip().endswith(f"wrote {out / 'task.png'}, {out / 'inner-loop.png'}, "
+                                    f"{out / 'features.png'}")
     for name, size in (("task.png", plot.task_figure(task.images, task.labels, title=title).image.size),
-                       ("inner-loop.png", (plot.W, plot.H))):
+                       ("inner-loop.png", (plot.W, plot.H)), ("features.png", (720, 640))):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
         with Image.open(out / name) as image:
             image.verify()
         with Image.open(out / name) as image:
             assert image.size == size, name
             assert len(image.convert("RGB").getcolors(1 << 16)) > 10  # drawn, not blank
-    assert sorted(p.name for p in out.iterdir()) == ["inner-loop.png", "task.png"]  # lock released
+    assert sorted(p.name for p in out.iterdir()) == ["features.png", "inner-loop.png",
+                                                     "task.png"]  # lock released
 
 
 def test_no_inner_steps_has_no_second_order_term(glyph_root, tmp_path, capsys):
@@ -216,7 +219,7 @@ def test_a_trained_run_is_explained_with_its_weights_alpha_steps_and_test_task(g
     task = TaskSampler(split, 3, 2, seed=split_seed(5, "test")).task(7)
     assert f"network: trained, {run / 'checkpoint.pt'} (iteration 3)" in stdout  # no validation: no best.pt
     assert 'split_seed(5, "test") = 17' in stdout
-    assert "N = 3 ways, K = 2 shots" in stdout and "α = 0.3, S = 4" in stdout
+    assert "N = 3 ways, K = 2 shots" in stdout and "α = 0.3, m = 4 inner steps" in stdout
     for j, c in enumerate(task.classes):
         assert f"label {j} ← class '{split.class_names[c]}'" in stdout
     loss, _ = task_loss(body, head, task.images, task.labels, 0.3, 4)
@@ -301,3 +304,15 @@ def test_a_maml_model_is_said_to_be_adapted_as_anil(glyph_root, tmp_path, capsys
     assert code == 0, stderr
     assert "trained with MAML, adapted here as ANIL adapts: the head only" in stdout
     assert (tmp_path / "explain-maml" / "inner-loop.png").is_file()
+    # feature reuse in numbers: a row per layer, and the same numbers in the results file
+    code, stdout, stderr = run_explain(capsys, "--run", tmp_path / "maml.pt", "--device", "cpu",
+                                       "--results", tmp_path / "r.json")
+    assert code == 0, stderr
+    reuse = read_results(tmp_path / "r.json")["results"]["feature_reuse"]
+    for layer, row in reuse["maml"].items():
+        name = "head (W, b)" if layer == "head" else f"{layer} (conv+bn)"
+        printed = re.search(rf"^  {re.escape(name)} +[\d,]+ +([\d.]+)% +([\d.]+)$", stdout, re.M)
+        assert float(printed[1]) == pytest.approx(100 * row["relative_change"], abs=5e-4)
+        assert float(printed[2]) == pytest.approx(row["cka"], abs=5e-5)
+    assert set(reuse["maml"]) == {"conv1", "conv2", "conv3", "conv4", "head"}
+    assert "ANIL, head only" in stdout and "MAML's inner loop changed the outputs of" in stdout

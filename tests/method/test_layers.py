@@ -2,10 +2,10 @@
 
     utilities (anil.argtypes, anil.lock: standard library only)
       ← the method (model, sampler, data, algorithm, evaluation, fast, walkthrough,
-                    paper.maml / nil / cka, and the package anil itself)
+                    feature_plane, paper.maml / nil / cka / feature_reuse, and the package anil)
       ← data_prep (builds datasets in the method's format)
       ← the run machinery (anil.run: checkpoints, run folders, torchrun, command line, plots)
-      ← the programs (train, explain, paper.compare, paper.analysis)
+      ← the programs (train, explain and its explain_maml, paper.compare, paper.analysis)
 
 A module may import from its own layer and the layers before it, never after it, and no chain of
 imports leads back to where it started. Imports inside functions count too; the one exception is
@@ -25,8 +25,9 @@ LAYERS = ["utilities", "method", "data_prep", "run", "programs"]
 UTILITIES = {"anil.argtypes", "anil.lock"}
 METHOD = {"anil", "anil.model", "anil.sampler", "anil.data", "anil.algorithm", "anil.evaluation",
           "anil.fast", "anil.walkthrough", "anil.paper", "anil.paper.maml", "anil.paper.nil",
-          "anil.paper.cka"}
-PROGRAMS = {"anil.train", "anil.explain", "anil.paper.compare", "anil.paper.analysis"}
+          "anil.paper.cka", "anil.paper.feature_reuse", "anil.feature_plane"}
+PROGRAMS = {"anil.train", "anil.explain", "anil.explain_maml", "anil.paper.compare",
+            "anil.paper.analysis"}
 LAZY_EXPORTS = {("anil", "anil.run.checkpoint")}  # anil.load_run
 
 

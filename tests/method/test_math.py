@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from anil.algorithm import adapt_and_score, adapt_head, cross_entropy, head_loss, meta_loss, task_loss
-from anil.model import ConvBody, make_head
+from anil.model import make_head
 from tiny import central_differences, flat_params, tiny_problem as small_problem
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py

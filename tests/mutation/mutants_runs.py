@@ -1,7 +1,7 @@
 """Mutants of the run machinery around the loop: the run's state, its folder, the metrics log
 and train.py's loop (the format: mutants.py)."""
 
-from mutants import mutant, CHECKPOINT, LOOP
+from mutants import mutant, CHECKPOINT, DIST, LOOP
 
 # ----------------------------------------------------------------------------- anil/run/state.py
 F = "anil/run/state.py"
@@ -123,3 +123,23 @@ mutant("train/best-head-not-loaded", F,
        'run.body.load_state_dict(best["body"]), run.head.load_state_dict(best["head"])',
        'run.body.load_state_dict(best["body"])',
        "the final test loads the best body but keeps the last head", LOOP)
+
+# The outer step that meta_train writes out (tests/runs/test_outer_step.py records each Adam step).
+OUTER = "tests/runs/test_outer_step.py"
+mutant("train/loop-no-zero-grad", F,
+       "            optimizer.zero_grad(set_to_none=True)\n",
+       "",
+       "the loop never clears .grad: every step adds the earlier steps' gradients", OUTER)
+mutant("train/loop-reference-no-backward", F,
+       "                loss.backward()\n",
+       "                pass\n",
+       "--strategy reference steps without a gradient (Adam sees none)", OUTER)
+mutant("train/loop-batch-twice", F,
+       "            images, labels = distributed.next_meta_batch(run.samplers[\"train\"], args.meta_batch, ctx)\n",
+       "            images, labels = (distributed.next_meta_batch(run.samplers[\"train\"], args.meta_batch, ctx)\n"
+       "                              if state.iteration % 2 == 0 else (images, labels))\n",
+       "every other step reuses the previous meta-batch instead of sampling a new one", OUTER)
+mutant("train/loop-no-average", F,
+       "            loss, accuracy = distributed.average_gradients(ctx, run.parameters(), loss, accuracy)\n",
+       "            loss, accuracy = float(loss), float(accuracy)\n",
+       "under torchrun each process steps with its own share's gradient", DIST)

@@ -46,7 +46,7 @@ def test_maml_meta_gradient_matches_finite_differences(steps):
 
 
 def test_first_order_maml_is_the_query_gradient_at_the_adapted_parameters():
-    """First-order MAML: ∂φ'/∂φ = I, so the meta-gradient is ∇_φ' L(Q; φ') at φ' = φ_i^(S)."""
+    """First-order MAML: ∂φ'/∂φ = I, so the meta-gradient is ∇_φ' L(Q; φ') at φ' = φ_i^(m)."""
     body, head, images, labels = small_problem(seed=12, tasks=1)
     x, y, alpha, steps = images[0], labels[0], 0.3, 2
     loss, _ = maml.task_loss(body, head, x, y, alpha, steps, first_order=True)

@@ -128,8 +128,9 @@ def test_metrics_log_has_one_row_per_logged_iteration_and_the_plot_is_a_png(runs
         rows = [json.loads(line) for line in lines]
         logged = [i for i in range(1, ITERATIONS + 1) if i % LOG_EVERY == 0 or i % VAL_EVERY == 0
                   or i == ITERATIONS]
-        assert [r["iteration"] for r in rows] == logged
-        for r in rows:
+        assert [r["iteration"] for r in rows] == [0, *logged]  # 0: the untrained network validated
+        assert set(rows[0]) == {"iteration", "val_accuracy", "val_ci95", "seconds"} and rows[0]["seconds"] == 0
+        for r in rows[1:]:
             assert 0 <= r["accuracy"] <= 1 and r["loss"] > 0 and r["seconds"] > 0
             assert ("val_accuracy" in r) == (r["iteration"] % VAL_EVERY == 0 or r["iteration"] == ITERATIONS)
         assert all(b["seconds"] >= a["seconds"] for a, b in zip(rows, rows[1:]))
@@ -200,14 +201,18 @@ def test_a_fresh_run_does_not_overwrite_an_interrupted_one(runs, capsys):
 
 
 def test_an_explicit_override_extends_a_run(runs, tmp_path, capsys, one_thread):
-    folder = tmp_path / "run"
+    """Also from a run folder written before the iteration-0 row existed: it continues exactly."""
+    folder, log = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
     shutil.copytree(runs.interrupted, folder)
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[1:]))  # as before row 0 existed
     code, out, err = in_process(["--resume", folder, "--iterations", "45", "--allow-config-change"],
                                 capsys)
     assert code == 0, err
     assert "note: resuming with changed settings (iterations: 40 → 45)" in out
     assert torch.load(folder / "checkpoint.pt", weights_only=True)["iteration"] == 45
-    assert read_metrics(folder / "metrics.jsonl")[-1]["iteration"] == 45
+    assert read_metrics(log)[-1]["iteration"] == 45 and (folder / "curve.png").is_file()
+    assert without_seconds([r for r in read_metrics(log) if r["iteration"] <= ITERATIONS]) == \
+        without_seconds(read_metrics(runs.whole / "metrics.jsonl"))[1:]  # continued exactly
 
 
 def test_evaluate_refuses_a_foreign_file_in_one_line(tmp_path, capsys):
@@ -251,14 +256,15 @@ def scripted_validation(monkeypatch, accuracies):
 
 SHORT = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4",
          "--val-every", "2", "--log-every", "1"]
-# anil.train calls anil.evaluation.evaluate as train.evaluate, and builds its step from
-# anil.fast.train_step, so the tests below can replace either.
+# anil.train calls anil.evaluation.evaluate as train.evaluate, and step 3 of its loop is
+# anil.fast.meta_gradient, so the tests below can replace either.
 PATCHABLE = SHORT
 
 
 def test_model_selection_keeps_the_iteration_with_the_highest_validation_accuracy(
         glyph_root, tmp_path, monkeypatch, capsys, one_thread):
-    scripted_validation(monkeypatch, [0.3, 0.7, 0.5, 0.7, 0.6])  # iterations 2, 4, 6, 8, 10
+    scripted_validation(monkeypatch, [0.9, 0.3, 0.7, 0.5, 0.7, 0.6])  # iterations 0 (untrained:
+    # never best.pt, even when highest), 2, 4, 6, 8, 10
     code, out, err = in_process(["--data-root", glyph_root, *PATCHABLE, "--iterations", "10",
                                  "--out", tmp_path / "a"], capsys)
     assert code == 0, err
@@ -288,7 +294,7 @@ def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monk
     def evaluate_then_signal(body, head, sampler, num_tasks, *a, **kw):
         if sampler.seed == split_seed(0, "val"):
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == 4:  # validations of iterations 0, 2, 4 and 6
                 os.kill(os.getpid(), signal.SIGTERM)
         return real(body, head, sampler, num_tasks, *a, **kw)
 
@@ -297,7 +303,7 @@ def test_a_stop_during_validation_is_redone_on_resume(glyph_root, tmp_path, monk
     assert code == 128 + signal.SIGTERM and "stopped by SIGTERM at iteration 6/8" in err
     saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 6 and saved["pending"]
-    assert [r["iteration"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [0, 1, 2, 3, 4, 5]
     monkeypatch.undo()
     code, out, err = in_process(["--resume", tmp_path / "stopped"], capsys)
     assert code == 0, err
@@ -318,7 +324,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
     args = ["--data-root", glyph_root, *PATCHABLE, "--iterations", "10", "--checkpoint-every", "4"]
     code, _, err = in_process([*args, "--out", tmp_path / "whole"], capsys)
     assert code == 0, err
-    real, steps = fast.train_step, []
+    real, steps = fast.meta_gradient, []
 
     def step_then_die(*a, **kw):
         steps.append(1)
@@ -326,7 +332,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(glyph_root, tmp_path, mon
             raise Killed
         return real(*a, **kw)
 
-    monkeypatch.setattr(fast, "train_step", step_then_die)
+    monkeypatch.setattr(fast, "meta_gradient", step_then_die)
     with pytest.raises(Killed):
         in_process([*args, "--out", tmp_path / "killed"], capsys)
     monkeypatch.undo()
@@ -378,7 +384,7 @@ def test_a_finished_run_is_never_replaced_silently(glyph_root, tmp_path, monkeyp
 
     # --overwrite to the end: the folder holds the new run only.
     assert in_process([*args, "--iterations", "2", "--overwrite"], capsys)[0] == 0
-    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1, 2]
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["iterations"] == 2
 

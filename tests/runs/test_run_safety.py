@@ -88,7 +88,7 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
     out = tmp_path / "run"
     args = ["--data-root", glyph_root, *TINY, "--iterations", "30", "--checkpoint-every", "2",
             "--val-every", "0", "--log-every", "1", "--out", out]
-    real = train.fast.train_step
+    real = train.fast.meta_gradient
     steps = []
 
     def diverge_at_5(*a, **kw):
@@ -96,11 +96,11 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_good_checkpoint
         loss, accuracy = real(*a, **kw)
         return (float("nan") if len(steps) >= 5 else loss), accuracy
 
-    train.fast.train_step, saved = diverge_at_5, train.fast.train_step
+    train.fast.meta_gradient, saved = diverge_at_5, train.fast.meta_gradient
     try:
         code, _, err = in_process(args, capsys)
     finally:
-        train.fast.train_step = saved
+        train.fast.meta_gradient = saved
     line = one_line(err)
     assert code == 2 and "the meta-training loss became nan at iteration 5" in line
     assert "last good checkpoint (iteration 4)" in line and "--resume" in line

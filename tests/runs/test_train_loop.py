@@ -243,3 +243,29 @@ def test_without_a_validation_the_final_test_uses_the_last_weights():
     run.args.test_weights = "best"
     assert train.use_test_weights(run, TrainState(iteration=3))["record"] == {
         "weights": "last", "iteration": 3}
+
+
+@pytest.mark.parametrize("val_every", [0, 5])
+def test_a_fresh_run_validates_the_untrained_network_as_iteration_0(val_every, capsys):
+    """start_or_resume on a fresh run: the untrained test, then (with validation on) one
+    validation logged as row 0, measured as every later validation is (the same tester, the
+    validation sampler and --val-tasks); it is not a candidate for best.pt."""
+    calls = []
+
+    def test(sampler, num_tasks, label):
+        calls.append((sampler, num_tasks, label))
+        return {"test sampler": 0.3, "val sampler": 0.4}[sampler], 0.05, []
+
+    args = SimpleNamespace(val_every=val_every, val_tasks=4, eval_tasks=6)
+    run = train.Run(args, None, None, None, None, None, None,
+                    {"val": "val sampler", "test": "test sampler"}, FakeFolder(), {}, {}, test)
+    state = train.start_or_resume(run, None)
+    assert calls[0] == ("test sampler", 6, "untrained test")
+    assert state.untrained == {"accuracy": 0.3, "ci95": 0.05} and state.best is None
+    if val_every:
+        assert calls[1:] == [("val sampler", 4, "validation")]
+        assert run.folder.rows == [{"iteration": 0, "seconds": 0.0, "val_accuracy": 0.4,
+                                    "val_ci95": 0.05}]
+        assert "validation 40.0%" in capsys.readouterr().out
+    else:
+        assert calls[1:] == [] and run.folder.rows == []

@@ -1,5 +1,6 @@
 """PNG pictures drawn with Pillow alone (no matplotlib): a run's learning curve (accuracy and loss
-panels), bar charts with 95% confidence intervals, a plain line chart, and one few-shot task.
+panels), bar charts with 95% confidence intervals, a plain line chart, one few-shot task, and
+the inner loop in feature space with the paper's concept schematic (``anil.run.plot.features``).
 
 Each picture is built as a ``Figure``: the image plus its geometry, i.e. the pixel box of each
 panel (``Axes``, which also maps data to pixels) and of the legend, title and image cells. Tests

@@ -6,16 +6,18 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 from anil.run.plot import canvas
-from anil.run.plot.canvas import (Axes, BAND, BEST, CHANCE, Figure, H, MUTED, TRAIN, VALIDATION, W,
-                                  _Layer, _finite, _frame, _header, _padded, _text, _text_height,
-                                  _text_width, _vertical_text, nice_ticks)
+from anil.run.plot.canvas import (Axes, BAND, BEST, CHANCE, COLOURS, Figure, H, MUTED, TRAIN,
+                                  VALIDATION, W, _Layer, _finite, _frame, _header, _padded, _text,
+                                  _text_height, _text_width, _vertical_text, _wrap, nice_ticks)
+
+TEST, UNTRAINED = COLOURS[2], COLOURS[4]  # the final test and the untrained network's test
 
 
 # ---------------------------------------------------------------------------- learning curve
 
 
 def learning_curve_figure(rows, title="learning curve", best_iteration=None, chance=None,
-                          size=(W, H)) -> Figure:
+                          size=(W, H), test=None, untrained=None, note=None) -> Figure:
     """A run's learning curve from its metrics rows (``anil.run.metrics``; fractions), in two
     panels sharing the iteration axis.
 
@@ -24,10 +26,17 @@ def learning_curve_figure(rows, title="learning curve", best_iteration=None, cha
     ``chance`` (a fraction, 1/ways) as a dashed line. y-range: the data and chance, padded,
     within 0-100%. ``loss`` panel: meta-train query ``loss``. Missing, NaN or infinite values
     are left out; rows may hold any subset of the keys.
+
+    ``test`` = (accuracy, ci95, iteration) marks the final test accuracy (fractions) with its
+    95% CI at the iteration of the weights tested; ``untrained`` = (accuracy, ci95) marks the
+    untrained network's test accuracy at iteration 0; ``note`` is a caption under the chart
+    (e.g. why validation sits above meta-train). ``boxes["test"]``/``["untrained"]``: the
+    marks' pixel centres.
     """
     if chance is not None and not (_finite(chance) and 0 < chance <= 1):
         raise ValueError(f"chance is a fraction in (0, 1] (1/ways), got {chance!r}")
     train, loss, val = _series(rows)
+    marks = _marks(test, untrained)
     best = next(((it, v) for it, v, _ in val if it == best_iteration), None)
     chance_pct = None if chance is None else 100 * chance
 
@@ -37,7 +46,7 @@ def learning_curve_figure(rows, title="learning curve", best_iteration=None, cha
     font, small = canvas._font(13), canvas._font(12)
 
     # ranges and ticks
-    xs = [p[0] for p in train + loss + val] or [0, 1]
+    xs = [p[0] for p in train + loss + val] + [m[1] for m in marks] or [0, 1]
     x0, x1 = min(xs), max(xs)
     if x1 == x0:  # one iteration so far: in the middle
         x0, x1 = x0 - 1, x1 + 1
@@ -46,6 +55,7 @@ def learning_curve_figure(rows, title="learning curve", best_iteration=None, cha
     acc_values = [v for _, v in train] + [v for _, v, _ in val] \
         + [min(100, v + c) for _, v, c in val if c] + [max(0, v - c) for _, v, c in val if c]
     acc_values += [chance_pct] if chance_pct is not None else []
+    acc_values += [v + s * c for _, _, v, c, *_ in marks for s in (-1, 1)]
     ylim = _padded(acc_values or [0, 100], 0.06, 1.0, 0, 100)
     loss_lim = _padded([v for _, v in loss] or [0, 1], 0.08, 0.02, floor=0)
     xticks = nice_ticks(x0, x1, 6, integer=True)
@@ -56,15 +66,22 @@ def learning_curve_figure(rows, title="learning curve", best_iteration=None, cha
     tick_width = max([_text_width(small, f"{t:g}%") for t in yticks]
                      + [_text_width(small, f"{t:g}") for t in loss_ticks] + [_text_width(small, "100%")])
     left, right = 12 + _text_height(font) + 10 + tick_width + 8, width - 22
-    boxes, top = _header(draw, title, _legend_entries(train, loss, val, best, chance_pct), left,
-                         right, font)
-    bottom = height - 16 - 2 * _text_height(font) - 10
+    entries = _legend_entries(train, loss, val, best, chance_pct) + [m[4] for m in marks]
+    boxes, top = _header(draw, title, entries, left, right, font)
+    caption = _wrap(note, small, width - 40) if note else []
+    bottom = height - 16 - 2 * _text_height(font) - 10 - len(caption) * (_text_height(small) + 4)
     loss_height = max(60, round((bottom - top) * 0.28))
     acc = Axes((left, top, right, bottom - loss_height - 12), (x0, x1), ylim, pad=9)
     lossax = Axes((left, bottom - loss_height, right, bottom), (x0, x1), loss_lim, pad=9)
     _draw_accuracy(image, draw, acc, xticks, yticks, train, val, best, chance_pct, font, small)
     _draw_loss(image, draw, lossax, xticks, loss_ticks, loss, font, small)
-    _text(draw, ((left + right) / 2, height - 10), "iteration", font, anchor="mb")
+    _text(draw, ((left + right) / 2, bottom + 12 + _text_height(small)), "iteration", font,
+          anchor="mt")
+    for i, line in enumerate(caption):
+        _text(draw, (width / 2, height - 8 - (len(caption) - 1 - i) * (_text_height(small) + 4)),
+              line, small, MUTED, anchor="mb")
+    for name, it, v, c, _, colour in marks:
+        boxes[name] = _draw_mark(draw, acc, it, v, c, colour)
     return Figure(image, {"accuracy": acc, "loss": lossax}, boxes)
 
 
@@ -81,6 +98,32 @@ def _series(rows):
             ci = row.get("val_ci95")
             val.append((it, 100 * row["val_accuracy"], 100 * ci if _finite(ci) else None))
     return train, loss, val
+
+
+def _marks(test, untrained):
+    """(name, iteration, accuracy %, CI %, legend entry, colour) of the test and untrained marks."""
+    marks = []
+    if test is not None and _finite(test[0]):
+        accuracy, ci, iteration = test
+        marks.append(("test", iteration, 100 * accuracy, 100 * (ci or 0), (
+            "errorbar", TEST, f"test {100 * accuracy:.1f} ± {100 * (ci or 0):.1f}% "
+                              f"(weights of iteration {iteration})"), TEST))
+    if untrained is not None and _finite(untrained[0]):
+        accuracy, ci = untrained
+        marks.append(("untrained", 0, 100 * accuracy, 100 * (ci or 0), (
+            "errorbar", UNTRAINED, f"untrained test {100 * accuracy:.1f}%"), UNTRAINED))
+    return marks
+
+
+def _draw_mark(draw, axes, iteration, value, ci, colour):
+    """A diamond with a capped 95% CI bar at (iteration, value %); returns its pixel centre."""
+    x, y = axes.x(iteration), axes.y(value)
+    low, high = axes.y(max(0, value - ci)), axes.y(min(100, value + ci))
+    draw.line([(x, low), (x, high)], fill=colour, width=2)
+    for end in (low, high):
+        draw.line([(x - 4, end), (x + 4, end)], fill=colour, width=2)
+    draw.polygon([(x, y - 6), (x + 6, y), (x, y + 6), (x - 6, y)], fill=colour, outline="white")
+    return x, y
 
 
 def _legend_entries(train, loss, val, best, chance_pct):
