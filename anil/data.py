@@ -313,6 +313,9 @@ def read_meta(path: str | Path) -> dict:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{meta_file} is corrupt ({e}); delete {path} and prepare it again") from None
+    except RecursionError:  # a crafted or damaged file: lists within lists, thousands deep
+        raise DatasetError(f"{meta_file} is corrupt (nested too deeply to be a dataset's "
+                           f"meta.json); delete {path} and prepare it again") from None
     except OSError as e:
         raise DatasetError(f"{meta_file} cannot be read: {describe_os_error(e)}") from None
     problem = _meta_problem(meta)

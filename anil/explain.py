@@ -47,8 +47,9 @@ from anil.explain_maml import results_of, reuse_lines, second_order_lines
 from anil.model import ConvBody, make_head
 from anil.paper.feature_reuse import feature_reuse
 from anil.run.checkpoint import CheckpointError, image_shape, network_from, read_weights
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
-                          non_negative_int, positive_float, program, resolve_device, set_threads)
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+                          inner_steps, non_negative_int, positive_float, program, resolve_device,
+                          set_threads, user_error)
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.plot import line_chart, task_grid
 from anil.run.plot.features import features_plot, reuse_plot
@@ -67,6 +68,18 @@ EXAMPLES = """examples:
   python -m anil.explain                                  untrained network, glyphs, test task 0
   python -m anil.explain --run runs/glyphs-5w1s --task 3  a trained run: its weights, data, α, test steps
   python -m anil.explain --steps 0                        no inner loop: no second-order part"""
+
+
+NOTES_FILE = Path(__file__).resolve().parents[1] / "docs" / "design.md"  # in a clone, not in a wheel
+
+
+def design_notes() -> str:
+    """Where the docs/design.md sections cited below live: a clone has the file; an installed
+    package does not ship docs/, so the reader is told where to find it."""
+    if NOTES_FILE.is_file():
+        return "docs/design.md"
+    return ("the docs/design.md#... sections cited are in the anil source repository's docs/ "
+            "folder, not installed with the package")
 
 
 # ----------------------------------------------------------------------------------- printing
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"explain/ folder)")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="folder of the named datasets (default: data, or the run's)")
-    p.add_argument("--steps", type=non_negative_int, default=None, metavar="M",
+    p.add_argument("--steps", type=inner_steps, default=None, metavar="M",
                    help="m, inner steps (default: the test-time steps of the run, or of the glyphs preset)")
     p.add_argument("--inner-lr", type=positive_float, default=None, metavar="ALPHA",
                    help="α, inner step size (default: the run's, or the glyphs preset's)")
@@ -251,7 +264,7 @@ def explain(args) -> Walkthrough:
         out = args.run / "explain" if args.run.is_dir() else args.run.parent / f"explain-{args.run.stem}"
 
     n_params = sum(p.numel() for p in [*body.parameters(), *head.parameters()])
-    print(f"ANIL, one task through the equations (Raghu et al. 2019; docs/design.md)\n"
+    print(f"ANIL, one task through the equations (Raghu et al. 2019; {design_notes()})\n"
           f"network: {what}; {len(body.blocks)} conv blocks of {config.hidden} filters and a "
           f"{config.ways}-way linear head, {n_params:,} parameters; device {device}\n"
           f"task: {dataset_name(config)} ({path}), test split, task {args.task} "

@@ -29,7 +29,8 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
         # track_running_stats=False: always normalise with the statistics of the batch at hand,
-        # at train and test time alike, as the MAML reference and learn2learn's ANIL do.
+        # at train and test time alike, as the MAML reference does (batch_norm, is_training=True)
+        # and learn2learn's ANIL example does in effect (it never calls .eval()); docs/design.md.
         self.norm = nn.BatchNorm2d(out_channels, affine=True, track_running_stats=False)
         self.pool = nn.MaxPool2d(2)
         nn.init.xavier_uniform_(self.conv.weight)

@@ -40,22 +40,25 @@ from anil.data import what_to_test_on
 from anil.evaluation import evaluate
 from anil.model import ConvBody, make_head
 from anil.run import checkpoint, distributed
-from anil.run.cli import fail, set_threads
+from anil.run.cli import fail, memory_error, out_of_memory, path_error, set_threads
 from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import curve_marks
 from anil.run.setup import join_processes, open_data, print_setup
 from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
+from anil.run.results import ResultsError, write_results
 from anil.run.state import NonFiniteLoss, TrainState
 from anil.sampler import TaskSampler
 
 
 def main(argv=None):
-    """Parse the options and train; every way a run can end early gets a one-line message."""
+    """Parse the options and train; every way a run can end early gets a one-line message.
+    Returns None, so the ``anil-train`` script's ``sys.exit(main())`` exits 0 after a run
+    (``train`` returns the summary)."""
     args = None
     try:
         args, resumed = parse_args(argv)
-        return train(args, resumed)
+        train(args, resumed)
     except Abandoned as e:  # a second Ctrl-C / SIGTERM: stop now, leave the last checkpoint alone
         saved = args is not None and (args.out / "checkpoint.pt").exists()
         print(f"\nstopped at once by a second {signal.Signals(e.signum).name}; "
@@ -68,6 +71,16 @@ def main(argv=None):
     except (RunFolderError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, RunFolderError) else 1)
+    except OSError as e:  # a path given (--out, --data-root, ...) that cannot be used
+        path_error(e)
+    except (MemoryError, RuntimeError) as e:  # e.g. --meta-batch 4096 --strategy vmap
+        if args is None or not out_of_memory(e):
+            raise
+        kept = (args.out / "checkpoint.pt").exists()
+        memory_error(e, f"lower --meta-batch (now {args.meta_batch}), use --strategy chunk with a "
+                        f"smaller --chunk-size, or a smaller --hidden" + (
+                            f"; the last checkpoint is kept: python train.py --resume {args.out} "
+                            f"--meta-batch SMALLER --allow-config-change" if kept else ""))
 
 
 def train(args, resumed=None):
@@ -184,6 +197,11 @@ def meta_test(run: Run, state: TrainState) -> dict:
     run.folder.write_summary(summary)
     if ctx.is_main:
         print(f"wrote {', '.join(run.folder.written())} in {args.out}")
+        if getattr(args, "results", None):  # the figures docs/ quote (anil/run/results.py)
+            try:
+                print(f"wrote {write_results(args.results, summary, ctx.device)}")
+            except ResultsError as e:
+                fail(str(e))
     return summary
 
 

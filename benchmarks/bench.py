@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a fresh
 from anil.evaluation import task_accuracies  # noqa: E402
 from anil.fast import Speed, default_speed, feature_extractor, train_step  # noqa: E402
 from anil.model import ConvBody, make_head  # noqa: E402
+from anil.run.results import write_results  # noqa: E402
 
 CONFIGS = [
     # name, N ways, K shots, channels, image side, meta-batch B, inner steps, inner step size α
@@ -344,6 +345,8 @@ def main(argv=None):
     p.add_argument("--configs", default=None, help="comma-separated indices of configurations to run (default all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--results", type=Path, default=None, metavar="FILE", help="also write them as a "
+                   "results file (command, versions, date, device: anil/run/results.py) for docs/")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
@@ -388,6 +391,8 @@ def main(argv=None):
             args.json.write_text(json.dumps(report, indent=1))
     if args.json:
         print(f"wrote {args.json}")
+    if args.results:
+        print(f"wrote {write_results(args.results, report, device)}")
     return report
 
 

@@ -127,7 +127,19 @@ def run_cli(main, argv=None) -> int:
     except OSError as e:  # e.g. --root is a file, no permission, disk full
         print(f"error: {describe_os_error(e)} (nothing half-written was kept)", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: out of memory while preparing; no prepared dataset was written: use a "
+              "smaller --size, fewer images, or a machine with more memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no prepared dataset was written (run the command again)", file=sys.stderr)
         return 130
     return 0
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -111,14 +111,25 @@ def find_runs(folder: str | Path) -> list[Path]:
     return runs
 
 
-def _images_in(folder: Path, allow_folders: bool) -> list[Path]:
-    """Sorted non-hidden entries of ``folder``: image files (and, if allowed, sub-folders)."""
+def _refuse_links_out(path: Path, top: Path) -> None:
+    """A symbolic link that leads out of the episodes folder ``top`` is refused, never followed
+    (as ``data_prep.folder`` never follows one out of --source)."""
+    if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(top)):
+        raise DatasetError(f"{path} is a symbolic link pointing outside {top} (not followed); "
+                           f"copy what it points to into {top}")
+
+
+def _images_in(folder: Path, allow_folders: bool, top: Path | None = None) -> list[Path]:
+    """Sorted non-hidden entries of ``folder``: image files (and, if allowed, sub-folders); a
+    link out of ``top`` (default: ``folder``) is refused."""
+    _refuse_links_out(folder, top or folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder} not found; a run folder holds {SUPPORT_DIR}/, {QUERY_DIR}/ and {LABELS_FILE}")
     out = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        _refuse_links_out(path, top or folder)
         if allow_folders and path.is_dir():
             out.append(path)
         elif path.is_file() and is_image_name(path.name):
@@ -132,25 +143,29 @@ def _images_in(folder: Path, allow_folders: bool) -> list[Path]:
     return out
 
 
-def parse_run(run: str | Path) -> RunFiles:
-    """Read a run's folders and class_labels.txt (no image is decoded); see the module docstring."""
+def parse_run(run: str | Path, top: str | Path | None = None) -> RunFiles:
+    """Read a run's folders and class_labels.txt (no image is decoded); see the module docstring.
+    Nothing outside ``top`` (the episodes folder; default: the run) is read through a link."""
     run = Path(run)
-    base = run.parent
+    base, top = run.parent, Path(top or run)
+    if top != run:  # a run found in the episodes folder (one given itself is the user's path)
+        _refuse_links_out(run, top)
 
     def rel(path: Path) -> str:
         return "/".join(path.relative_to(base).parts)
 
     class_names, support_files, support_labels, class_of = [], [], [], {}
-    for label, entry in enumerate(_images_in(run / SUPPORT_DIR, allow_folders=True)):
-        files = _images_in(entry, allow_folders=False) if entry.is_dir() else [entry]
+    for label, entry in enumerate(_images_in(run / SUPPORT_DIR, allow_folders=True, top=top)):
+        files = _images_in(entry, allow_folders=False, top=top) if entry.is_dir() else [entry]
         class_names.append(rel(entry))
         class_of[rel(entry)] = label
         for f in files:
             support_files.append(rel(f))
             support_labels.append(label)
             class_of[rel(f)] = label
-    query_files = [rel(p) for p in _images_in(run / QUERY_DIR, allow_folders=False)]
+    query_files = [rel(p) for p in _images_in(run / QUERY_DIR, allow_folders=False, top=top)]
     labels_file = run / LABELS_FILE
+    _refuse_links_out(labels_file, top)
     try:
         lines = labels_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -199,9 +214,9 @@ def _read(base: Path, files: list[str], preprocess: Preprocess) -> np.ndarray:
     return np.stack(images)
 
 
-def read_run(run: str | Path, preprocess: Preprocess) -> Episode:
+def read_run(run: str | Path, preprocess: Preprocess, top: str | Path | None = None) -> Episode:
     """One run folder -> an Episode, its images converted by ``preprocess``."""
-    files = parse_run(run)
+    files = parse_run(run, top)
     base = Path(run).parent
     return Episode(files.name, _read(base, files.support_files, preprocess), files.support_labels,
                    _read(base, files.query_files, preprocess), files.query_labels,
@@ -210,4 +225,4 @@ def read_run(run: str | Path, preprocess: Preprocess) -> Episode:
 
 def read_episodes(folder: str | Path, preprocess: Preprocess) -> list[Episode]:
     """Every run under ``folder`` (or ``folder`` itself if it is a run), in sorted order."""
-    return [read_run(run, preprocess) for run in find_runs(folder)]
+    return [read_run(run, preprocess, folder) for run in find_runs(folder)]

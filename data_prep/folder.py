@@ -55,7 +55,7 @@ import numpy as np
 from anil.data import SPLITS, DatasetError, read_meta, write_prepared
 from anil.argtypes import seed as seed_arg
 
-from .common import PrepError, run_cli
+from .common import PrepError, physical_memory, run_cli
 from .images import IMAGE_EXTENSIONS, UNREADABLE, ImageReadError, Preprocess, is_image_name, read_image
 
 DEFAULT_SPLIT = (0.64, 0.16, 0.20)
@@ -250,6 +250,11 @@ def read_classes(found: Scan, preprocess: Preprocess, min_images: int):
     total = sum(len(files) for files in found.classes.values())
     print(f"reading {total} images in {len(found.classes)} classes ...", flush=True)
     s, c = preprocess.size, preprocess.channels
+    need, memory = 2 * total * s * s * c, physical_memory()  # the images, then the splits' copies
+    if memory is not None and need > memory:
+        raise PrepError(f"{total} images of {s}x{s}x{c} need about {need / 2**30:.3g} GiB of memory "
+                        f"to prepare, more than this machine's {memory / 2**30:.3g} GiB; use a "
+                        f"smaller --size")
     images = np.empty((total, s, s, c), np.uint8)
     rows, excluded, n = {}, [], 0
     for name, files in found.classes.items():
@@ -278,6 +283,12 @@ def prepare(source: Path, out: Path, size: int, grayscale: bool = False, invert:
         raise PrepError(f"--source {source} is not a folder; give the folder that holds one sub-folder per class")
     check_out(source, out)
     preprocess = Preprocess(size, 1 if grayscale else 3, invert)
+    try:  # an unreadable --source is not one without images
+        with os.scandir(source):
+            pass
+    except OSError as e:
+        raise PrepError(f"--source {source} cannot be read ({e.strerror or e}); fix its "
+                        f"permissions, or give a folder you may read") from None
     found = scan(source)
     if not found.classes:
         raise PrepError(f"--source {source} holds no image files in class sub-folders ({len(found.skipped)} "

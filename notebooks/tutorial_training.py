@@ -166,9 +166,9 @@ of it, many times slower. **Accuracy**: on 20 tasks (100 query images per method
 a few points are within the noise; adapting every layer buys little over adapting the head, and
 NIL, with no head and no inner loop at all, does as well: the meta-learned body does the work.
 **Change**: in MAML's inner loop the head's outputs change most and the conv blocks' less, the
-first blocks hardly at all: feature reuse. The control column is a caution: with 10 images per
+first blocks hardly at all. That alone is no evidence of feature reuse: with 10 images per
 comparison, the CKA of the first blocks is near 1 even between the trained network and an
-untrained one, so only the later layers are informative at this sample size.
+untrained one (the control column), so only the later layers are informative at this sample size.
 
 ## Where next
 

@@ -11,7 +11,9 @@ Feature reuse: for each test task, φ is the meta-learned network and φ' = φ_i
 after the inner loop on the task's support set (MAML adapts every layer, ANIL the head only).
 Both run on the task's 2NK images and each layer's outputs are compared by linear CKA
 (``anil.paper.cka``), averaged over tasks. A control row compares the trained network with a freshly
-initialised one on the same images, to show what "dissimilar" looks like at this sample size.
+initialised one on the same images, to show what "dissimilar" looks like at this sample size:
+with one task's 10 images (5-way 1-shot) the first conv layers score near 1 even against an
+untrained network, so only layers whose control is clearly lower can show feature reuse.
 The paper's finding: body layers near 1 (feature reuse), the head far lower.
 """
 
@@ -29,10 +31,12 @@ from anil.paper import maml
 from anil.paper.cka import linear_cka
 from anil.paper.feature_reuse import layer_outputs
 from anil.run.checkpoint import CheckpointError, image_shape, load_run
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
-                          positive_int, program, resolve_device, set_threads)
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+                          path_error, positive_int, program, resolve_device, set_threads,
+                          user_error)
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.plot import bar_chart
+from anil.run.results import ResultsError, write_results
 from anil.sampler import SamplerError, TaskSampler, split_seed
 
 DEFAULT_CHECKPOINT = Path("runs/compare-glyphs-5w1s/maml.pt")
@@ -91,12 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the named datasets (default: the one it was trained with)")
     p.add_argument("--tasks", type=positive_int, default=200, help="test tasks per measurement")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("--results", type=Path, default=None, metavar="FILE",
+                   help="also write the figures, with this command line, versions, date and "
+                        "device, to FILE (e.g. docs/results/analysis.json, which docs/ quotes)")
     add_device_options(p, speed=False, head_loop=False)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """``anil-analysis``: returns None, so ``sys.exit(main())`` exits 0 (see ``run``)."""
+    try:
+        run(build_parser().parse_args(argv))
+    except OSError as e:  # the checkpoint, --data-root or --out cannot be used
+        path_error(e)
+
+
+def run(args) -> dict:
+    """Analyse with the parsed ``args``; returns the results (the analysis JSON's contents)."""
     device = torch.device(resolve_device(args.device))
     set_threads(args.threads)
     if not args.checkpoint.exists():
@@ -124,9 +139,13 @@ def main(argv=None):
     names = (f"{stem}-freezing.png", f"{stem}-cka.png", f"{stem}-analysis.json")
     try:
         with RunFolder(out, names=names).open(resuming=True) as folder:  # its outputs are derived
-            return analyse(body, head, test, config, algorithm, args, folder, names, device)
-    except RunFolderError as e:
+            result = analyse(body, head, test, config, algorithm, args, folder, names, device)
+        if args.results is not None:
+            write_results(args.results, result, device)
+            print(f"wrote {args.results}")
+    except (RunFolderError, ResultsError) as e:
         fail(str(e))
+    return result
 
 
 def analyse(body, head, test, config, algorithm, args, folder, names, device):

@@ -27,6 +27,16 @@ own statistics); the query pass runs on the query images alone ("separate": the 
 code's two forward calls) or on support and query with the support's statistics ("support").
 The body runs m + 1 times per task (m inner steps, one query pass), which is MAML's extra cost.
 
+Where this differs from the MAML reference code (cbfinn/maml; docs/paper.md lists every
+difference): the reference runs support and query through the network in separate calls
+(``maml.py``, ``task_metalearn``), so each gets its own batch statistics, where this follows
+learn2learn's one call per task; the reference's inner loop adapts only the conv and linear
+weights and biases (its ``weights`` dict), while its batch norm (``tf.contrib.layers.batch_norm``
+with the default ``scale=False``: a shift, no scale) is learned by the outer loop only, where
+``network_params`` here includes batch norm's γ and β; and the reference clips every
+meta-gradient entry to [−10, 10] on mini-ImageNet (``tf.clip_by_value``), where nothing is
+clipped here.
+
 Parameters are one flat dict with the names of ``network_params``: ``body.<name>`` and
 ``head.<name>``.
 """

@@ -8,7 +8,9 @@ z = f_θ(x)):
     a(q, s_j) = exp c(q, s_j) / Σ_j' exp c(q, s_j')         attention over the support set
     p(y = k | q) = Σ_j a(q, s_j) 1[y_j = k]                  predicted label: argmax_k p(y = k | q)
 
-The softmax has temperature 1, as in Matching Networks' cosine attention. With one shot per
+The paper says the support labels are weighted by cosine similarity; the softmax with temperature
+1 (Matching Networks' cosine attention) is this project's reading of that, not a formula the
+paper states (docs/paper.md lists it among the differences). With one shot per
 class the prediction is the support image of highest cosine similarity; with K shots each class
 scores Σ_j exp c over its K supports. No parameter is adapted, so NIL works on the body of any
 trained model (ANIL, MAML) or an untrained one. The body runs as in ANIL, with the same

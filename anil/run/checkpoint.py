@@ -191,7 +191,64 @@ def read_weights(path: str | Path, weights: str = "best") -> tuple[Path, dict]:
     if not {"body", "head", "config"} <= set(saved):
         raise CheckpointError(f"{file} holds no network weights; give a run folder or its "
                               f"best.pt, checkpoint.pt or model.pt")
+    check_config(file, saved)
     return file, saved
+
+
+def _whole(low, high=None):
+    return lambda v: type(v) is int and low <= v and (high is None or v <= high)
+
+
+# What a saved config must hold, checked before anything is built from it: (test, in words).
+CONFIG_RULES = {
+    "channels": (_whole(1), "a positive whole number"),
+    "image_size": (_whole(16), "a whole number of at least 16 (four 2x2 poolings)"),
+    "hidden": (_whole(1), "a positive whole number"),
+    "ways": (_whole(1), "a positive whole number"),
+    "shots": (_whole(1), "a positive whole number"),
+    "test_inner_steps": (_whole(0, 1000), "a whole number in 0..1000"),
+    "inner_lr": (lambda v: type(v) in (int, float) and 0 < v < float("inf"), "a positive number"),
+    "eval_tasks": (_whole(1), "a positive whole number"),
+    "seed": (_whole(0, 2 ** 32 - 1), "a whole number in 0..4294967295"),
+}
+
+
+def expected_shapes(config: dict) -> dict:
+    """The tensor shapes of the body and head that ``config`` describes (model.ConvBody, four
+    blocks, and make_head), computed without building anything."""
+    c, size, hidden, ways = config["channels"], config["image_size"], config["hidden"], config["ways"]
+    body = {}
+    for i, inputs in enumerate((c, hidden, hidden, hidden)):
+        body |= {f"blocks.{i}.conv.weight": (hidden, inputs, 3, 3), f"blocks.{i}.conv.bias": (hidden,),
+                 f"blocks.{i}.norm.weight": (hidden,), f"blocks.{i}.norm.bias": (hidden,)}
+    features = hidden * (size >> 4) ** 2
+    return {"body": body, "head": {"weight": (ways, features), "bias": (ways,)}}
+
+
+def check_config(file, saved: dict) -> None:
+    """Refuse a saved config of the wrong types or absurd sizes (damaged, edited, or crafted)
+    before a network is built from it: each setting must pass CONFIG_RULES, and the sizes must
+    be those of the saved tensors (so building costs no more memory than loading did)."""
+    config = saved["config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file}: its config is {type(config).__name__}, not a dict; the file "
+                              f"is damaged; use another copy")
+    for key, (valid, words) in CONFIG_RULES.items():
+        needed = key in ("channels", "image_size", "hidden", "ways")  # to build the network
+        if (key in config and not valid(config[key])) or (needed and key not in config):
+            raise CheckpointError(f"{file}: its config's {key} is {config.get(key, '(missing)')!r:.60}, "
+                                  f"not {words}; the file is damaged or edited; use another copy")
+    for part, shapes in expected_shapes(config).items():
+        tensors = saved[part]
+        got = {k: tuple(v.shape) for k, v in tensors.items() if isinstance(v, torch.Tensor)} \
+            if isinstance(tensors, dict) else {}
+        if got != shapes:
+            wrong = next((k for k in shapes if got.get(k) != shapes[k]), next(iter(got), part))
+            raise CheckpointError(
+                f"{file}: the saved {part} does not match its config ({wrong}: saved "
+                f"{list(got.get(wrong, ())) or 'missing'}, the config's sizes give "
+                f"{list(shapes.get(wrong, ())) or 'no such tensor'}); the file is damaged or "
+                f"edited; use another copy")
 
 
 def image_shape(config: dict) -> tuple[int, int, int]:

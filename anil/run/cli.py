@@ -8,12 +8,14 @@ Every error a user can cause ends in ``fail``: one line on stderr, exit status 2
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 import torch
 
-from anil.argtypes import SEED_LIMIT, non_negative_int, positive_float, positive_int, seed  # noqa: F401
+from anil.argtypes import (MAX_INNER_STEPS, SEED_LIMIT, inner_steps, non_negative_int,  # noqa: F401
+                           positive_float, positive_int, seed, threads)
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
 from anil.model import BATCH_NORMS
 from anil.run.presets import OWN_DATA, PRESETS, preset
@@ -28,9 +30,33 @@ def program(name: str) -> str:
     return invoked if invoked.startswith("anil-") else name
 
 
+# The commands of a clone and their installed names (pyproject.toml's [project.scripts]).
+INSTALLED_NAMES = {"python train.py": "anil-train", "python evaluate.py": "anil-evaluate",
+                   "python -m anil.paper.compare": "anil-compare",
+                   "python -m anil.paper.analysis": "anil-analysis",
+                   "python -m anil.explain": "anil-explain",
+                   "python -m data_prep.folder": "anil-prepare folder",
+                   "torchrun --nproc_per_node=4 train.py": "torchrun --nproc_per_node=4 -m anil.train"}
+
+
+def as_invoked(text: str) -> str:
+    """``text`` with the commands named as the user runs them: run as an installed anil-*
+    script, ``python train.py --resume ...`` reads ``anil-train --resume ...`` (there is no
+    train.py outside a clone)."""
+    if not Path(sys.argv[0]).name.startswith("anil-"):
+        return text
+    for clone, installed in INSTALLED_NAMES.items():
+        text = text.replace(clone, installed)
+    return text
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's and epilog's line breaks, and shows "(default: X)" only for
-    options that have a real default and do not already say it (preset options say theirs)."""
+    options that have a real default and do not already say it (preset options say theirs).
+    Run as an installed script, the examples name the installed commands (``as_invoked``)."""
+
+    def _fill_text(self, text, width, indent):
+        return as_invoked(super()._fill_text(text, width, indent))
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -40,12 +66,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def preset_values(key: str) -> str:
+def preset_values(key: str, overrides: dict | None = None) -> str:
     """'5 for glyphs, mini-imagenet, ..., --data alone; 20 for omniglot, omniglot-rot': a preset
     option's value per dataset (``--data`` without ``--dataset`` takes the defaults for any
-    dataset; ``--data`` with ``--dataset NAME`` takes NAME's)."""
+    dataset; ``--data`` with ``--dataset NAME`` takes NAME's). ``overrides`` ({dataset: {key:
+    value}}): a command's own values that replace the preset's."""
     by_value = {}
     for name, values in PRESETS.items():
+        values = {**values, **(overrides or {}).get(name, {})}
         by_value.setdefault(values[key], []).append(name)
     by_value.setdefault(OWN_DATA[key], []).append("--data alone")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
@@ -56,9 +84,10 @@ def _preset_option(group, flag, key, text, **kwargs):
     group.add_argument(flag, default=None, help=f"{text} (preset: {preset_values(key)})", **kwargs)
 
 
-def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
+def add_task_options(p: argparse.ArgumentParser, iterations_type=None, overrides=None):
     """The dataset and meta-learning options shared by train.py and ``anil.paper.compare``.
-    Those marked (preset) default to None and are filled in by ``apply_preset``."""
+    Those marked (preset) default to None and are filled in by ``apply_preset``; ``overrides``
+    ({dataset: {key: value}}: values a command applies instead of the preset's) go into the help."""
     task = p.add_argument_group("dataset and task")
     task.add_argument("--dataset", default=None, choices=sorted(PRESETS),
                       help="a named dataset (default: glyphs); its preset sets every default "
@@ -81,9 +110,9 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
     _preset_option(algo, "--meta-batch", "meta_batch", "B, tasks per outer step", type=positive_int)
     _preset_option(algo, "--inner-lr", "inner_lr", "α, inner step size", type=positive_float)
     _preset_option(algo, "--inner-steps", "inner_steps", "S, inner steps while training",
-                   type=non_negative_int)
+                   type=inner_steps)
     _preset_option(algo, "--test-inner-steps", "test_inner_steps",
-                   "inner steps at validation and test", type=non_negative_int)
+                   "inner steps at validation and test", type=inner_steps)
     _preset_option(algo, "--outer-lr", "outer_lr", "β, Adam's learning rate", type=positive_float)
     _preset_option(algo, "--iterations", "iterations", "outer steps",
                    type=iterations_type or non_negative_int)
@@ -95,6 +124,10 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None):
                            "own, the MAML reference code) or 'support' (the support set's for "
                            "both: no query depends on another; docs/design.md)")
     _preset_option(algo, "--hidden", "hidden", "conv filters per block", type=positive_int)
+    for action in p._actions if overrides else ():  # the help shows the values that will run
+        key = action.dest
+        if "(preset: " in (action.help or "") and any(key in o for o in overrides.values()):
+            action.help = action.help.split(" (preset: ")[0] + f" (preset: {preset_values(key, overrides)})"
     return task
 
 
@@ -104,7 +137,7 @@ def add_device_options(p: argparse.ArgumentParser, speed: bool = True, head_loop
     group = p.add_argument_group("device and speed (none of these changes the math)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: cuda if available, else mps (Apple GPUs), else cpu")
-    group.add_argument("--threads", type=positive_int, default=None,
+    group.add_argument("--threads", type=threads, default=None,
                        help=f"CPU threads torch may use (default: torch's, "
                             f"{torch.get_num_threads()} here); use 1 when other jobs share the cores")
     if head_loop:
@@ -198,6 +231,40 @@ def fail(message: str):
     """Stop with a one-line error (exit status 2, like argparse)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# What to do about an operating-system error on a path the user gave (or one below it).
+PATH_ERRORS = {
+    errno.EACCES: "permission denied: give a path you may enter (and write), or fix its permissions",
+    errno.EPERM: "not permitted: give a path you may enter (and write), or fix its permissions",
+    errno.ENOSPC: "no space left on the device: free space, or give a path on another disk",
+    errno.EDQUOT: "disk quota exceeded: free space, or give a path on another disk",
+    errno.EFBIG: "file too large for this process's limit (ulimit -f): raise it, or write elsewhere",
+    errno.EROFS: "read-only file system: give a path on a writable disk",
+}
+
+
+def path_error(e: OSError):
+    """Stop with one line for an operating-system error on a path: which path, what to do.
+    (On Python 3.11, even ``Path.exists`` raises PermissionError below a folder the user may
+    not enter.)"""
+    advice = PATH_ERRORS.get(e.errno, f"{e.strerror or e}: check the path")
+    fail(f"{e.filename or 'a path'}: {advice}")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: MemoryError (Python, numpy), torch's
+    OutOfMemoryError (CUDA), or the RuntimeError of torch's CPU allocator."""
+    cuda = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    text = str(e)
+    return isinstance(e, (MemoryError, cuda)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+
+
+def memory_error(e: BaseException, advice: str):
+    """Stop with one line for an allocation failure: what ran out, and ``advice``."""
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+    fail(f"out of memory ({detail}); {advice}")
 
 
 def dataset_path(args) -> Path:

@@ -18,13 +18,13 @@ from anil.run.checkpoint import CheckpointError
 from anil.run.cli import (HelpFormatter, add_device_options, add_task_options, apply_preset,
                           dataset_name, fail, non_negative_int, positive_float, positive_int,
                           program, resolve_device)
-from anil.run.run_folder import fresh_name
+from anil.run.run_folder import fresh_name, holds_run
 
 # Options that do not change what a run computes (its weights, validation and model selection):
 # they may differ when resuming. Every other option must match the interrupted run.
 FREE_ON_RESUME = {"data_root", "device", "threads", "out", "eval_tasks", "log_every",
                   "checkpoint_every", "test_weights", "dist_timeout"}
-COMMANDS = {"resume", "allow_config_change", "overwrite"}  # what to do, not settings of the run
+COMMANDS = {"resume", "allow_config_change", "overwrite", "results"}  # what to do, not settings of the run
 PATHS = {"data_root", "out", "data"}
 
 EXAMPLES = """examples:
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the run in --out (default: refuse to touch it)")
     run.add_argument("--resume", type=Path, default=None, metavar="DIR",
                      help="continue the interrupted run in DIR with its saved settings")
+    run.add_argument("--results", type=Path, default=None, metavar="FILE",
+                     help="also write the test figures, with this command line, versions, date "
+                          "and device, to FILE (e.g. docs/results/train.json, which docs/ quotes)")
     run.add_argument("--allow-config-change", action="store_true",
                      help="with --resume: accept options that differ from the saved run "
                           "(no longer bit-exact)")
@@ -129,7 +132,12 @@ def resume_settings(parser, args, argv) -> dict:
     that would change what the run computes, naming each difference."""
     try:
         resumed = checkpoint.load(args.resume / "checkpoint.pt", kind="checkpoint")
+        checkpoint.check_config(args.resume / "checkpoint.pt", resumed)  # before building on it
     except CheckpointError as e:
+        if holds_run(args.resume) and not (args.resume / "checkpoint.pt").exists():
+            fail(f"--resume {args.resume}: it holds files of a run stopped before its first "
+                 f"checkpoint, so there is nothing to resume; start it again with  python "
+                 f"train.py --out {args.resume} --overwrite  (and the same options)")
         fail(f"--resume {args.resume}: {e}")
     saved, given = resumed["config"], given_options(parser, argv) - COMMANDS
     if args.out is not None and args.out.resolve() != args.resume.resolve():

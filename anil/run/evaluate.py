@@ -23,9 +23,10 @@ from anil.fast import default_speed, feature_extractor
 from anil.model import BATCH_NORMS
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
-from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail, user_error,
-                          non_negative_int, positive_float, positive_int, program, resolve_device,
-                          seed, set_threads)
+from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
+                          inner_steps, memory_error, out_of_memory, path_error, positive_float,
+                          positive_int, program, resolve_device, seed, set_threads,
+                          user_error)
 from anil.run.progress import Progress
 from anil.sampler import SamplerError, TaskSampler, split_seed
 from data_prep.episodes import preprocess_of, read_episodes
@@ -53,7 +54,7 @@ def build_parser():
     task = p.add_argument_group("task and protocol (default: the run's own)")
     task.add_argument("--ways", type=positive_int, help="N, classes per task")
     task.add_argument("--shots", type=positive_int, help="K, support images per class")
-    task.add_argument("--test-inner-steps", type=non_negative_int, help="inner steps")
+    task.add_argument("--test-inner-steps", type=inner_steps, help="inner steps")
     task.add_argument("--inner-lr", type=positive_float, help="α, inner step size")
     task.add_argument("--eval-tasks", type=positive_int, help="number of tasks")
     task.add_argument("--seed", type=seed, help="task seed (the run's gives its test tasks)")
@@ -68,8 +69,17 @@ def build_parser():
 
 
 def main(argv=None):
+    """``python evaluate.py`` and ``anil-evaluate``: returns None, so the console script's
+    ``sys.exit(main())`` exits 0 (``evaluate_run`` returns the numbers)."""
     try:
-        return evaluate_run(build_parser().parse_args(argv))
+        evaluate_run(build_parser().parse_args(argv))
+    except OSError as e:  # the run, --data-root or --episodes cannot be read
+        path_error(e)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        memory_error(e, "the network and 8 tasks at a time must fit: close other programs, use a "
+                        "machine with more memory, or --device cpu if the GPU's is too small")
     except KeyboardInterrupt:
         print("\ninterrupted; nothing to save", file=sys.stderr)
         sys.exit(130)
@@ -162,11 +172,21 @@ def evaluate_episodes(args, file, saved, config, device):
         errors.append(100 * (1 - accuracy))
         print(f"{e.name:<12} {e.ways:3d}-way  {len(e.query_labels):3d} queries  error "
               f"{errors[-1]:6.2f}%", flush=True)
-    mean = sum(errors) / len(errors)
-    stderr = (statistics.stdev(errors) / math.sqrt(len(errors))) if len(errors) > 1 else float("nan")
-    print(f"mean error {mean:.2f} ± {stderr:.2f}% (± one standard error over {len(errors)} "
-          f"episodes)", flush=True)
+    mean, stderr = sum(errors) / len(errors), standard_error(errors)
+    if len(errors) > 1:
+        print(f"mean error {mean:.2f} ± {stderr:.2f}% (± one standard error over {len(errors)} "
+              f"episodes)", flush=True)
+    else:
+        print(f"error {mean:.2f}% (one episode: no standard error; give a folder of several runs)",
+              flush=True)
     return mean, stderr
+
+
+def standard_error(values) -> float:
+    """The standard error of the mean, s / √n with the sample standard deviation
+    s² = (1/(n−1)) Σ (x − x̄)² (the spread of a sample of episodes, not of all episodes there
+    are); nan for fewer than two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
 if __name__ == "__main__":

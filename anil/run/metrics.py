@@ -85,7 +85,7 @@ def read_metrics(path: str | Path, damaged: list | None = None) -> list[dict]:
         for number, raw in enumerate(f, 1):
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):  # damaged, or nested deep
                 row = None
             if _is_row(row):
                 rows.append(row)

@@ -37,8 +37,9 @@ def command_line(argv=None) -> str:
     argv = sys.argv if argv is None else argv
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
+    script = Path(argv[0])  # as typed (benchmarks/bench.py), unless absolute: then its name
     program = f"python -m {spec.name}" if spec is not None and spec.name else (
-        "python " + Path(argv[0]).name)
+        "python " + (script.name if script.is_absolute() else str(script)))
     return " ".join([program, *map(shlex.quote, argv[1:])])
 
 

@@ -7,26 +7,38 @@
     summary.json    configuration, test result, history
 
 Rules: one process writes a folder at a time (a lock, ``.lock``, naming its PID); a new run
-never replaces another run's files unless asked (``--overwrite``), and then only when it writes
-its own first file, so an interrupted start leaves the old run as it was; every file is written
-atomically (temporary file, then rename); a write that fails (full disk, read-only folder)
-becomes ``RunFolderError`` with a one-line message, the previous files intact.
+never replaces another run's files unless asked (``--overwrite``), and then only once it can be
+resumed: until its first checkpoint.pt is whole, it writes into ``.new-run/`` inside the folder
+and the old run stays as it was, usable (see ``commit``); every file is written atomically
+(temporary file, then rename); a write that fails (full disk, read-only folder) becomes
+``RunFolderError`` with a one-line message, the previous files intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 from anil.run import checkpoint
 from anil.run.checkpoint import CheckpointError
 from anil.lock import FolderLock, LockError
-from anil.run.metrics import MetricsLog, plot_learning_curve, strict_json
+from anil.run.metrics import MetricsLog, strict_json
+from anil.run.plot import learning_curve_figure
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "model.pt", "metrics.jsonl", "curve.png", "summary.json")
 ORPHAN = re.compile(r"\.[^/]+\.tmp-[0-9]+(\.png)?")  # the temporary names of the atomic writes
+# A replacing run's files before its commit, and after it (with MANIFEST, its list of files)
+# while they are moved into place; see RunFolder.commit.
+STAGING, SWAP, MANIFEST = ".new-run", ".new-run.swap", "files.json"
+# What to do when a write fails, by its error (the rest: free space or fix the permissions).
+FIXES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (a disk quota is full)",
+         errno.EFBIG: "raise this process's file-size limit (ulimit -f)",
+         errno.EACCES: "fix the permissions", errno.EROFS: "use a writable disk"}
 
 
 class RunFolderError(RuntimeError):
@@ -55,7 +67,7 @@ def describe(path: Path, names=RUN_FILES) -> str:
         try:
             summary = json.loads((path / "summary.json").read_text())
             return f"a finished run (test accuracy {100 * summary['test_accuracy']:.2f}%)"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return "a finished run"
     if (path / "checkpoint.pt").exists():
         try:
@@ -73,19 +85,25 @@ class RunFolder:
     ``names`` are the files a run writes (train.py's by default; anil.paper.compare has its
     own)."""
 
-    def __init__(self, path: str | Path, writes: bool = True, names=RUN_FILES):
+    def __init__(self, path: str | Path, writes: bool = True, names=RUN_FILES,
+                 all_or_nothing: bool = False):
         self.path, self.writes, self.names = Path(path), writes, tuple(names)
-        self.files = {name: self.path / name for name in self.names}
-        self.metrics = MetricsLog(self.path / "metrics.jsonl")
         self._lock = FolderLock(self.path, what="run folder", lock_file=self.path / ".lock")
-        self._replace_old = False
+        # all_or_nothing (anil.paper.compare): every output is staged until ``commit``.
+        self._all_or_nothing = all_or_nothing
+        self._write_into(self.path)
         self.checkpoint_iteration = None  # the iteration of the newest checkpoint.pt, if known
+
+    def _write_into(self, folder: Path) -> None:
+        self.files = {name: folder / name for name in self.names}
+        self.metrics = MetricsLog(folder / "metrics.jsonl")
+        self.staging = folder if folder != self.path else None
 
     # ------------------------------------------------------------------------ opening, closing
 
     def open(self, resuming: bool, overwrite: bool = False) -> "RunFolder":
         """Create and lock the folder; refuse to start a new run over another one's files
-        unless ``overwrite`` (then they are replaced by this run's first write)."""
+        unless ``overwrite`` (then they are replaced at this run's ``commit``)."""
         if not self.writes:
             return self
         if self.path.exists() and not self.path.is_dir():
@@ -99,19 +117,85 @@ class RunFolder:
             raise RunFolderError(f"cannot write to {self.path} ({e.strerror or e}); give a "
                                  f"writable folder with --out") from None
         self._remove_orphans()
+        self._recover()
+        if not resuming and self._all_or_nothing:
+            self._stage()
         if not resuming and holds_run(self.path, self.names):
             if not overwrite:
                 what = describe(self.path, self.names)
                 self.close()
                 hint = (f"resume it with  python train.py --resume {self.path}  , " if "interrupted" in what
-                        else "")
+                        else "it has no checkpoint.pt, so it cannot be resumed; "
+                        if what.startswith("files of") and "checkpoint.pt" in self.names else "")
                 raise RunFolderError(f"{self.path} holds {what}; {hint}give another --out, or add "
                                      f"--overwrite to replace it")
-            self._replace_old = True
+            self._stage()
         return self
 
     def close(self) -> None:
+        """Unlock; a replacing run that never reached its ``commit`` is dropped, so the folder
+        holds the old run as it was."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self._write_into(self.path)
         self._lock.release()
+
+    # ------------------------------------------------------------- replacing a run, safely
+
+    def _stage(self) -> None:
+        """Write this run's files into ``.new-run/`` until ``commit``."""
+        staging = self.path / STAGING
+        try:
+            staging.mkdir(exist_ok=True)
+        except OSError as e:
+            self.close()
+            raise RunFolderError(f"cannot write to {self.path} ({e.strerror or e}); give a "
+                                 f"writable folder with --out") from None
+        self._write_into(staging)
+
+    def commit(self) -> None:
+        """Make the staged files the run folder's, replacing the old run's. One rename (of
+        ``.new-run`` to ``.new-run.swap``, with the list of files in it) is the point of no
+        return: killed before it, the next ``open`` drops ``.new-run`` and the old run is whole;
+        killed after it, the next ``open`` finishes moving the new files into place. Called by
+        the first checkpoint.pt write (the new run can then be resumed) and by anil.paper.compare
+        once all its outputs are written."""
+        if self.staging is None or not self.writes:
+            return
+        names = [name for name, file in self.files.items() if file.exists()]
+        (self.staging / MANIFEST).write_text(json.dumps(names))
+        os.replace(self.staging, self.path / SWAP)
+        self._write_into(self.path)
+        self._finish_swap()
+
+    def _finish_swap(self) -> None:
+        """Move each new file into place (checkpoint.pt first: a --resume that reads it before
+        the next open finishes the swap gets the new run's), then delete the old run's files
+        the new run lacks; both steps can be repeated, so a swap killed halfway is finished by
+        the next open."""
+        swap = self.path / SWAP
+        new = json.loads((swap / MANIFEST).read_text())
+        for name in new:
+            if (swap / name).exists():
+                os.replace(swap / name, self.path / name)
+        for name in self.names:
+            if name not in new:
+                (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(swap)
+
+    def _recover(self) -> None:
+        """What a replacing run killed at any moment left behind (see ``commit``)."""
+        try:
+            if (self.path / SWAP / MANIFEST).is_file():
+                self._finish_swap()
+            for leftover in (self.path / SWAP, self.path / STAGING):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+        except (OSError, ValueError) as e:
+            self.close()
+            raise RunFolderError(f"cannot clear an interrupted replacement in {self.path} ("
+                                 f"{getattr(e, 'strerror', None) or e}); fix the folder's "
+                                 f"permissions and run again") from None
 
     def _remove_orphans(self) -> None:
         """Temporary files a killed writer left (``.<file>.tmp-<pid>``, see ``_write``): with the
@@ -130,20 +214,25 @@ class RunFolder:
     # --------------------------------------------------------------------------------- writes
 
     def _write(self, name: str, write) -> None:
-        """Run ``write()`` for file ``name``, first clearing an overwritten run's files."""
+        """Run ``write()`` for file ``name``; the first checkpoint.pt of a replacing run commits
+        it."""
         if not self.writes:
             return
         try:
-            if self._replace_old:
-                for file in self.files.values():
-                    file.unlink(missing_ok=True)
-                self._replace_old = False
             write()
+            if name == "checkpoint.pt":
+                self.commit()
         except OSError as e:
-            resume = (f"; the previous checkpoint is intact: free space or fix the permissions, "
-                      f"then resume with  python train.py --resume {self.path}"
-                      if self.files["checkpoint.pt"].exists() else "")
-            raise RunFolderError(f"cannot write {self.files[name]} ({e.strerror or e}){resume}") from None
+            fix = FIXES.get(e.errno, "free space or fix the permissions")
+            if self.staging is not None:
+                after = (f"; {self.path} is kept as it was (nothing of this run is kept): {fix}, "
+                         f"then run again")
+            elif "checkpoint.pt" in self.files and self.files["checkpoint.pt"].exists():
+                after = (f"; the previous checkpoint is intact: {fix}, then resume with  python "
+                         f"train.py --resume {self.path}")
+            else:
+                after = f"; {fix}, then run again"
+            raise RunFolderError(f"cannot write {self.path / name} ({e.strerror or e}){after}") from None
 
     def save(self, name: str, obj: dict) -> None:
         """Any torch file of the run (e.g. anil.paper.compare's anil.pt), atomically."""
@@ -183,12 +272,20 @@ class RunFolder:
         self._write("metrics.jsonl", lambda: self.metrics.append(row))
 
     def draw_curve(self, best_iteration=None, chance=None, **marks) -> None:
-        """curve.png; ``marks``: the test and untrained marks and caption (``curve_marks``)."""
+        """curve.png; ``marks``: the test and untrained marks and caption (``curve_marks``). A
+        picture must never end a run: a drawing that fails (for any reason but the disk) is a
+        note, and the run goes on."""
         rows = self.metrics.rows() if self.writes else []
-        if rows:
-            self.write_png("curve.png", lambda path: plot_learning_curve(
-                rows, path, title=self.path.name, best_iteration=best_iteration, chance=chance,
-                **marks))
+        if not rows:
+            return
+        try:
+            figure = learning_curve_figure(rows, title=self.path.name,
+                                           best_iteration=best_iteration, chance=chance, **marks)
+        except Exception as e:  # noqa: BLE001 - a bug in drawing must not cost the run
+            print(f"note: {self.path / 'curve.png'} not drawn ({type(e).__name__}: {e}); the "
+                  f"run goes on", file=sys.stderr)
+            return
+        self.write_png("curve.png", figure.save)
 
     def truncate_metrics(self, iteration: int) -> int:
         """On resume: drop metrics rows past the checkpoint's ``iteration`` and damaged lines;

@@ -161,6 +161,20 @@ def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path, kind, m
 
 
 @pytest.mark.parametrize("kind", sorted(BUILD))
+def test_a_member_over_its_limit_within_the_total_is_refused_before_anything_is_written(
+        tmp_path, kind, monkeypatch):
+    """The per-member limit is checked on the declared sizes too, not only while copying."""
+    def no_writing(*args):
+        raise AssertionError("a member was being written")
+    monkeypatch.setattr(archives, "_copy_new", no_writing)
+    archive = BUILD[kind](tmp_path / f"a.{kind}", [1 * archives.MB, 5 * archives.MB])
+    with pytest.raises(common.PrepError, match=r"member 'top/zeros.1' expands to more than 2 MB "
+                                               r"\(the limit per member\)"):
+        archives.safe_extract(archive, tmp_path / "out", archives.ExtractLimit.mb(10, member_mb=2))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD))
 def test_the_limit_for_the_whole_archive_and_its_override(tmp_path, kind):
     archive = BUILD[kind](tmp_path / f"a.{kind}", [2 * archives.MB] * 3)
     limit = archives.ExtractLimit.mb(5, member_mb=3)

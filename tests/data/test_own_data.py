@@ -108,3 +108,13 @@ def test_episodes_need_a_dataset_that_records_its_preprocessing(own, glyph_root)
     r = run(ROOT / "evaluate.py", out, "--episodes", base / "eps2", cwd=base)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "data_prep.folder and data_prep.omniglot" in r.stderr.strip().splitlines()[-1]
+
+
+def test_one_episode_has_no_standard_error_and_says_so(own):
+    base, images, _ = own
+    write_runs(base / "one-episode", images, runs=1)
+    r = run(ROOT / "evaluate.py", base / "runs" / "mine-3w1s", "--episodes", base / "one-episode",
+            "--test-inner-steps", "1", cwd=base)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert "nan" not in last and last.startswith("error ") and "one episode: no standard error" in last

@@ -1,7 +1,7 @@
 """Mutants of the run machinery around the loop: the run's state, its folder, the metrics log
 and train.py's loop (the format: mutants.py)."""
 
-from mutants import mutant, CHECKPOINT, DIST, LOOP
+from mutants import mutant, CHECKPOINT, LOOP
 
 # ----------------------------------------------------------------------------- anil/run/state.py
 F = "anil/run/state.py"
@@ -46,14 +46,19 @@ mutant("folder/overwrite-without-asking", F,
        "            if False:\n",
        "a new run replaces another run's files without --overwrite", LOOP)
 mutant("folder/cleared-at-open", F,
-       "            self._replace_old = True\n",
-       "            for file in self.files.values():\n                file.unlink(missing_ok=True)\n",
+       "        self._write_into(staging)\n",
+       "        for name in self.names:\n            (self.path / name).unlink(missing_ok=True)\n",
        "--overwrite deletes the old run at once: a start stopped early loses it",
-       LOOP)
-mutant("folder/cleared-on-every-write", F,
-       "                self._replace_old = False\n",
+       f"{LOOP} tests/runs/test_run_safety.py -k before_its_first_checkpoint")
+mutant("folder/never-committed", F,
+       "            if name == \"checkpoint.pt\":\n                self.commit()\n",
        "",
-       "--overwrite clears the folder again at every write", LOOP)
+       "an overwriting run never commits: its files are dropped when it ends", LOOP)
+mutant("folder/swap-not-finished-on-open", F,
+       "            if (self.path / SWAP / MANIFEST).is_file():\n                self._finish_swap()\n",
+       "",
+       "a replacement killed after its commit is dropped: both runs are lost",
+       "tests/runs/test_overwrite_kill.py -k any_step")
 mutant("folder/fresh-name-numbering", F,
        "path, n = Path(path), 2",
        "path, n = Path(path), 1",
@@ -142,4 +147,16 @@ mutant("train/loop-batch-twice", F,
 mutant("train/loop-no-average", F,
        "            loss, accuracy = distributed.average_gradients(ctx, run.parameters(), loss, accuracy)\n",
        "            loss, accuracy = float(loss), float(accuracy)\n",
-       "under torchrun each process steps with its own share's gradient", DIST)
+       "under torchrun each process steps with its own share's gradient",
+       "tests/runs/test_distributed.py -k torchrun_two_processes_match_one_process")
+
+# ---------------------------------------------------------------- fixed episodes (evaluate.py)
+mutant("episodes/labels-in-line-order", "data_prep/episodes.py",
+       "np.asarray([paired[q] for q in query_files], np.int64)",
+       "np.asarray(list(paired.values()), np.int64)",
+       "query labels taken in class_labels.txt line order, not the sorted test/ order",
+       "tests/data/test_episode_checks.py")
+mutant("evaluate/population-standard-error", "anil/run/evaluate.py",
+       "statistics.stdev(values) / math.sqrt(len(values))",
+       "statistics.pstdev(values) / math.sqrt(len(values))",
+       "the episodes' standard error with the population formula", "tests/data/test_episode_checks.py")

@@ -166,7 +166,8 @@ def test_best_checkpoint_holds_the_best_validated_weights(runs, one_thread):
 def test_evaluate_a_saved_run_reproduces_its_final_test(runs, capsys, one_thread):
     from anil.run import evaluate as evaluate_cli  # what python evaluate.py runs
     summary = json.loads((runs.whole / "summary.json").read_text())
-    mean, ci = evaluate_cli.main([str(runs.whole)])
+    args = evaluate_cli.build_parser().parse_args([str(runs.whole)])
+    mean, ci = evaluate_cli.evaluate_run(args)
     out = capsys.readouterr().out
     assert (mean, ci) == (summary["test_accuracy"], summary["test_ci95"])
     assert f"test accuracy {100 * summary['test_accuracy']:.2f} ± {100 * summary['test_ci95']:.2f}% " \

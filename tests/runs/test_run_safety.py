@@ -79,7 +79,10 @@ def test_zero_iterations_tests_the_untrained_network(glyph_root, tmp_path, capsy
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] == summary["untrained_test_accuracy"]  # the same weights
-    assert summary["tested"] == {"weights": "last", "iteration": 0} and summary["history"] == []
+    assert summary["tested"] == {"weights": "last", "iteration": 0}
+    # the history holds only the untrained network's validation, the curve's first point
+    assert [set(row) for row in summary["history"]] == [{"iteration", "seconds", "val_accuracy", "val_ci95"}]
+    assert summary["history"][0]["iteration"] == 0
     assert "untrained network" in stdout and "test accuracy" in stdout
 
 
@@ -264,17 +267,18 @@ def test_outputs_are_strict_json(glyph_root, tmp_path, capsys):
         strict(line)
 
 
-def test_run_folder_writes_clear_an_overwritten_run_only_on_its_first_write(tmp_path):
+def test_an_overwriting_run_that_ends_before_its_first_checkpoint_leaves_the_old_run(tmp_path):
     for name in RUN_FILES:
         (tmp_path / name).write_text("old")
     folder = RunFolder(tmp_path).open(resuming=False, overwrite=True)
     try:
-        assert {p.name for p in tmp_path.iterdir()} == RUN_FILES | {".lock"}  # untouched so far
         folder.log({"iteration": 1})
-        assert {p.name for p in tmp_path.iterdir()} == {"metrics.jsonl", ".lock"}
+        folder.save_weights("best.pt", {"iteration": 1})
+        assert all((tmp_path / name).read_text() == "old" for name in RUN_FILES)  # untouched
     finally:
         folder.close()
-    with pytest.raises(RunFolderError, match="holds files of an earlier run"):
+    assert {p.name for p in tmp_path.iterdir()} == RUN_FILES  # the new run's files are dropped
+    with pytest.raises(RunFolderError, match="holds a finished run"):
         RunFolder(tmp_path).open(resuming=False)
 
 

@@ -86,7 +86,7 @@ def test_fresh_name_skips_runs_and_files_and_reuses_an_empty_folder(tmp_path):
     assert fresh_name(base) == tmp_path / "runs" / "glyphs-5w1s-4"
 
 
-def test_overwrite_replaces_the_old_run_at_the_first_write_and_only_then(tmp_path):
+def test_overwrite_replaces_the_old_run_at_its_first_checkpoint_and_only_then(tmp_path):
     for name in RUN_FILES:
         (tmp_path / name).write_text("old")
     with pytest.raises(RunFolderError, match="holds a finished run; .* --overwrite"):
@@ -94,12 +94,16 @@ def test_overwrite_replaces_the_old_run_at_the_first_write_and_only_then(tmp_pat
     assert all((tmp_path / name).read_text() == "old" for name in RUN_FILES)
     folder = RunFolder(tmp_path).open(resuming=False, overwrite=True)
     try:
-        assert all((tmp_path / name).read_text() == "old" for name in RUN_FILES)  # not yet
         folder.log({"iteration": 1})
         folder.write_json("summary.json", {"test_accuracy": 0.5})
         folder.log({"iteration": 2})
-        assert {p.name for p in tmp_path.iterdir()} == {"metrics.jsonl", "summary.json", ".lock"}
+        assert all((tmp_path / name).read_text() == "old" for name in RUN_FILES)  # not yet
+        folder.save_checkpoint({"iteration": 2})
+        assert {p.name for p in tmp_path.iterdir()} == {"metrics.jsonl", "summary.json",
+                                                        "checkpoint.pt", ".lock"}
         assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+        folder.log({"iteration": 3})  # after the commit, straight into the run folder
+        assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     finally:
         folder.close()
     # A resumed run writes into its own folder without being asked.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,26 +127,43 @@ def _finite(value):
         and math.isfinite(value)
 
 
+BIGGEST = sys.float_info.max
+
+
+def _half_span(low, high):
+    """(high - low) / 2, computed from halves so that it never overflows: any finite values,
+    up to ±1.8e308, can be drawn (a picture must never end a run)."""
+    return high / 2 - low / 2
+
+
 def nice_ticks(low, high, count=5, integer=False):
     """Round values (1, 2, 2.5 or 5 times a power of ten apart) in [low, high], about ``count``
     of them; whole numbers only if ``integer``."""
     if not high > low:
         return [low]
-    raw = (high - low) / count
-    step = 10 ** math.floor(math.log10(raw))
+    raw = _half_span(low, high) / count * 2
+    step = 10.0 ** math.floor(math.log10(raw)) if raw > 0 else 0.0
+    if not step > 0:  # a range below the smallest float's spacing: its two ends
+        return [low, high]
     step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw * 0.999)
     if integer:
         step = 1 if step < 1 else 2 if step == 2.5 else step
     first = math.ceil(low / step - 1e-9) * step
-    ticks = [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
-    return [round(t, 10) for t in ticks]
+    # (first + i·step), summed in halves: exact like the plain sum, and never overflowing
+    ticks = [(first / 2 + i * (step / 2)) * 2
+             for i in range(int(_half_span(first, high) / step * 2 + 1e-9) + 1)]
+    # 0.1 * 3 shown as 0.3; not for huge or tiny ticks (round(1e308, 10) overflows to inf)
+    return [round(t, 10) if 1e-6 < step and abs(t) < 1e15 else t for t in ticks]
 
 
 def _padded(values, pad_fraction, min_pad, floor=None, ceiling=None):
-    """(low, high) around ``values`` with a margin, kept within [floor, ceiling]."""
+    """(low, high) around ``values`` with a margin, kept within [floor, ceiling] and within the
+    finite floats. The margin is at least a few units in the last place of the values, so that
+    low < high even for a constant series of huge values (1e20 + 0.02 == 1e20)."""
     low, high = min(values), max(values)
-    pad = max((high - low) * pad_fraction, min_pad)
-    low, high = low - pad, high + pad
+    pad = max(_half_span(low, high) * 2 * pad_fraction, min_pad,
+              4 * math.ulp(max(abs(low), abs(high))))
+    low, high = max(low - pad, -BIGGEST), min(high + pad, BIGGEST)
     if floor is not None:
         low = max(low, floor)
     if ceiling is not None:
@@ -165,13 +183,18 @@ class Axes:
 
     def x(self, value):
         left, _, right, _ = self.box
-        (x0, x1), p = self.xlim, self.pad
-        return left + p + (value - x0) / (x1 - x0) * (right - left - 2 * p)
+        return left + self.pad + _fraction(value, self.xlim) * (right - left - 2 * self.pad)
 
     def y(self, value):
         _, top, _, bottom = self.box
-        (y0, y1), p = self.ylim, self.pad
-        return bottom - p - (value - y0) / (y1 - y0) * (bottom - top - 2 * p)
+        return bottom - self.pad - _fraction(value, self.ylim) * (bottom - top - 2 * self.pad)
+
+
+def _fraction(value, limits):
+    """Where ``value`` lies in ``limits`` (0 at the first, 1 at the second), without overflow;
+    the middle for an empty range."""
+    span = _half_span(*limits)
+    return _half_span(limits[0], value) / span if span else 0.5
 
 
 @dataclass
