@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from anil.model import interleaved_task_features
 from anil.sampler import support_query
 
 Params = dict[str, torch.Tensor]
@@ -81,8 +82,8 @@ def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Ten
 
         w_i^(m) = adapt_head(w; S_i),    returns  L(Q_i; θ, w_i^(m))  and the query accuracy.
 
-    The features come from one body call on support and query together (batch norm sees the
-    whole task; docs/design.md, "Batch norm per task"). Vmap it over a leading task dimension
+    The features come from the body under one of the batch-norm modes (``task_features``;
+    docs/design.md, "Batch-norm statistics: task, separate, support"). Vmap it over a leading task dimension
     to handle many tasks in one call, as ``anil.fast`` and ``anil.evaluation`` do.
     """
     adapted = adapt_head(head, params, support_features, support_labels, step_size, steps,
@@ -91,20 +92,23 @@ def adapt_and_score(head: nn.Module, params: Params, support_features: torch.Ten
 
 
 def task_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              step_size: float, steps: int, first_order: bool = False):
+              step_size: float, steps: int, first_order: bool = False, batch_norm: str = "task"):
     """L(Q_i; θ, w_i^(m)) for one task, and the query accuracy of the adapted head.
 
-    ``images`` hold support and query interleaved (``anil.sampler.support_query``). The body
-    runs once on all of them, so batch norm sees the statistics of the whole task.
+    ``images`` hold support and query interleaved (``anil.sampler.support_query``). Batch norm
+    takes its statistics from support and query together (``batch_norm="task"``, one body
+    call), from each set alone ("separate") or from the support set ("support");
+    ``anil.model.task_features``. The meta-gradient flows through those statistics too.
     """
-    support_features, query_features = support_query(body(images))
+    support_features, query_features = support_query(
+        interleaved_task_features(body, images, batch_norm))
     support_labels, query_labels = support_query(labels)
     return adapt_and_score(head, dict(head.named_parameters()), support_features, support_labels,
                            query_features, query_labels, step_size, steps, first_order)
 
 
 def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              step_size: float, steps: int, first_order: bool = False):
+              step_size: float, steps: int, first_order: bool = False, batch_norm: str = "task"):
     """(1/B) Σ_i L(Q_i; θ, w_i^(m)) over a meta-batch images [B, 2NK, C, H, W], labels [B, 2NK].
 
     Returns the mean query loss (differentiable w.r.t. body and head) and mean query accuracy.
@@ -113,7 +117,8 @@ def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
     w = dict(head.named_parameters())
     losses, accuracies = [], []
     for x, y in zip(images, labels):                              # task T_i
-        support_features, query_features = support_query(body(x))  # Z = f_θ(X), one body call
+        support_features, query_features = support_query(          # Z = f_θ(X); batch-norm
+            interleaved_task_features(body, x, batch_norm))        # statistics per batch_norm
         support_labels, query_labels = support_query(y)
         adapted = adapt_head(head, w, support_features, support_labels, step_size, steps,
                              first_order)                         # the inner loop: w_i^(m)
@@ -123,10 +128,11 @@ def meta_loss(body: nn.Module, head: nn.Module, images: torch.Tensor, labels: to
 
 
 def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
-                    average=None):
+                    average=None, batch_norm="task"):
     """One outer step: Adam (or any optimizer over body and head) on the mean query loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order)
+    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order,
+                               batch_norm)
     loss.backward()
     return outer_step(optimizer, loss.detach(), accuracy, average)
 

@@ -35,7 +35,9 @@ Execution strategies over a meta-batch of B tasks (the same meta-gradient, teste
     vmap    all B tasks at once (chunk with c = B)
 
 and, independently, ``batch_body``: run the body once over all tasks of a group, batch norm
-still using each task's own statistics (``batched_features``), instead of once per task. On a
+still using each task's own statistics (``batched_features``), instead of once per task.
+Every strategy and head loop runs every batch-norm mode (``anil.model.BATCH_NORMS``: which of
+a task's images give the statistics), with the same meta-gradient as the readable path. On a
 CPU small per-task body calls are faster; on a GPU one large call is. The head loop always
 handles the whole group in one vmapped call, which is what makes torch.func cheap: its
 per-operation overhead is paid once per group instead of once per task.
@@ -53,7 +55,7 @@ from torch import nn
 from torch.func import vmap
 
 from anil.algorithm import adapt_and_score, outer_step
-from anil.model import ConvBody
+from anil.model import ConvBody, check_batch_norm, interleaved_task_features
 from anil.sampler import support_query
 
 STRATEGIES = ("task", "chunk", "vmap")
@@ -109,46 +111,65 @@ def default_speed(device, head_loop: str = "torch.func") -> Speed:
 # ------------------------------------------------------------------------------------ the body
 
 
-def _per_task_batch_norm(x: torch.Tensor, tasks: int, norm: nn.BatchNorm2d) -> torch.Tensor:
+def _per_task_batch_norm(x: torch.Tensor, tasks: int, norm: nn.BatchNorm2d,
+                         statistics_of: int | None = None) -> torch.Tensor:
     """BatchNorm2d with each task's own batch statistics, x [tasks·m, C, H, W]:
 
         y = γ (x − μ_t) / √(σ²_t + ε) + β,   μ_t, σ²_t over the m images (and H, W) of task t
+
+    (over its first ``statistics_of`` images only, if given: ``ConvBody``'s ``statistics_of``)
 
     written as y = x·s + (β − μ_t·s), s = γ / √(σ²_t + ε), on a [tasks, m, C, H, W] view (no
     copy, any memory format). torch.func.vmap of BatchNorm2d computes the same thing but moves
     the task dimension into the channels with copies (measured about 3× slower on a CPU).
     """
     x5 = x.view(tasks, -1, *x.shape[1:])
-    var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0, keepdim=True)
+    var, mean = torch.var_mean(x5[:, :statistics_of], dim=(1, 3, 4), correction=0, keepdim=True)
     scale = norm.weight.view(1, 1, -1, 1, 1) * torch.rsqrt(var + norm.eps)
     return (x5 * scale + (norm.bias.view(1, 1, -1, 1, 1) - mean * scale)).reshape(x.shape)
 
 
-def batched_features(body: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def batched_features(body: nn.Module, images: torch.Tensor, batch_norm: str = "task") -> torch.Tensor:
     """f_θ applied to each task of images [b, m, C, H, W] in one call → [b, m, D].
 
-    Batch norm must see one task at a time (docs/design.md, "Batch norm per task"). For the
-    ConvBody the convolutions run on all b·m images at once and batch norm uses per-task
-    statistics; any other body is vmapped over tasks (BatchNorm2d(track_running_stats=False)
-    then keeps per-task statistics).
+    Batch norm must see one task at a time (docs/design.md, "Batch norm per task"), and within
+    it the images ``batch_norm`` names (``anil.model.task_features``). For the ConvBody the
+    convolutions run on all b·m images at once and batch norm uses per-task statistics: with
+    each task's images reordered support first, "separate" is per-half statistics (2b groups of
+    m/2) and "support" the statistics of the first m/2. Any other body is vmapped over tasks
+    (BatchNorm2d(track_running_stats=False) then keeps per-task statistics).
     """
-    b = images.shape[0]
+    check_batch_norm(body, batch_norm)
+    b, m = images.shape[:2]
     if isinstance(body, ConvBody) and all(isinstance(k.norm, nn.BatchNorm2d) and
                                           not k.norm.track_running_stats for k in body.blocks):
+        groups, statistics_of = {"task": (b, None), "separate": (2 * b, None),
+                                 "support": (b, m // 2)}[batch_norm]
+        if batch_norm != "task":  # [b, support..., query...]: each half one contiguous block
+            images = torch.cat(support_query(images, dim=1), dim=1)
         x = images.flatten(0, 1)
         for block in body.blocks:
-            x = block.pool(torch.relu(_per_task_batch_norm(block.conv(x), b, block.norm)))
-        return x.flatten(1).view(b, images.shape[1], -1)
-    return vmap(body)(images)
+            x = block.pool(torch.relu(_per_task_batch_norm(block.conv(x), groups, block.norm,
+                                                           statistics_of)))
+        z = x.flatten(1).view(b, m, -1)
+        return z if batch_norm == "task" else torch.stack(z.split(m // 2, dim=1), 2).flatten(1, 2)
+    return vmap(partial(interleaved_task_features, body, batch_norm=batch_norm))(images)
 
 
-def feature_extractor(body: nn.Module, speed: Speed, compile: bool = False):
+def feature_extractor(body: nn.Module, speed: Speed, compile: bool = False,
+                      batch_norm: str = "task"):
     """The function Z = f_θ(X), images [b, m, C, H, W] → features [b, m, D], that a speed asks
-    for. Puts the body's weights in channels-last when asked; ``compile=True`` wraps the body
-    call in ``torch.compile`` (it shares the body's parameters)."""
+    for, batch norm as ``batch_norm`` (``anil.model.task_features``; the function's attribute
+    ``batch_norm`` says which). Puts the body's weights in channels-last when asked;
+    ``compile=True`` wraps the body call in ``torch.compile`` (it shares the body's parameters)."""
+    check_batch_norm(body, batch_norm)
     if speed.channels_last:
         body.to(memory_format=torch.channels_last)
-    call = partial(batched_features, body) if speed.batch_body else body
+    if speed.batch_body:
+        call = partial(batched_features, body, batch_norm=batch_norm)
+    else:
+        call = body if batch_norm == "task" else partial(interleaved_task_features, body,
+                                                         batch_norm=batch_norm)
     if compile:
         call = torch.compile(call)
 
@@ -158,7 +179,21 @@ def feature_extractor(body: nn.Module, speed: Speed, compile: bool = False):
     def features(images: torch.Tensor) -> torch.Tensor:
         with _autocast(images, speed.precision):
             return call(images) if speed.batch_body else torch.stack([call(x) for x in images])
+    features.batch_norm = batch_norm
     return features
+
+
+def matching_features(body, speed, features_fn, batch_norm: str):
+    """``features_fn`` if it normalises as ``batch_norm`` asks, else a one-line error; made
+    here (``feature_extractor``) if None."""
+    if features_fn is None:
+        return feature_extractor(body, speed, batch_norm=batch_norm)
+    made_for = getattr(features_fn, "batch_norm", "task")
+    if made_for != batch_norm:
+        raise ValueError(f"features_fn was made with batch_norm={made_for!r} but "
+                         f"batch_norm={batch_norm!r} was asked for; make it with "
+                         f"feature_extractor(..., batch_norm={batch_norm!r})")
+    return features_fn
 
 
 def _autocast(images: torch.Tensor, precision: str):
@@ -250,16 +285,19 @@ def head_gradients(head: nn.Module, params, features, labels, step_size: float, 
 
 
 def meta_gradient(body, head, images, labels, step_size: float, steps: int,
-                  first_order: bool = False, speed: Speed | None = None, features_fn=None):
+                  first_order: bool = False, speed: Speed | None = None, features_fn=None,
+                  batch_norm: str = "task"):
     """Accumulate ∇_(θ,w) (1/B) Σ_i L(Q_i; θ, w_i^(m)) into ``.grad`` of body and head.
 
     The same gradient as ``meta_loss(...).backward()`` (tested to ~1e-10 in float64), by the
     body/head split of the module docstring, one group of ``speed.tasks_per_call(B)`` tasks at a
     time. ``features_fn`` is a ``feature_extractor(body, speed, ...)``, made once by the caller
-    (default: made here). Returns the mean query loss and accuracy as Python floats.
+    (default: made here), for the same ``batch_norm`` mode (``anil.model.task_features``; the
+    statistics' dependence on θ is part of ∂Z/∂θ, so step 4 covers it). Returns the mean query
+    loss and accuracy as Python floats.
     """
     speed = speed or Speed()
-    features_fn = features_fn or feature_extractor(body, speed)
+    features_fn = matching_features(body, speed, features_fn, batch_norm)
     meta_batch = len(images)
     group = speed.tasks_per_call(meta_batch)
     params = {k: v.detach() for k, v in head.named_parameters()}
@@ -283,10 +321,11 @@ def meta_gradient(body, head, images, labels, step_size: float, steps: int,
 
 
 def train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
-               speed: Speed | None = None, features_fn=None, average=None):
+               speed: Speed | None = None, features_fn=None, average=None,
+               batch_norm: str = "task"):
     """``anil.algorithm.meta_train_step`` on the fast path: zero grads, ``meta_gradient``,
     optimizer step (``average``: the data-parallel all-reduce, see ``outer_step``)."""
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_gradient(body, head, images, labels, step_size, steps, first_order,
-                                   speed, features_fn)
+                                   speed, features_fn, batch_norm)
     return outer_step(optimizer, loss, accuracy, average)

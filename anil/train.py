@@ -120,7 +120,8 @@ def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
     (docs/design.md, "The outer loop and the meta-gradient"), then validation, a log row and a
     checkpoint when they are due (``end_of_iteration``)."""
     args, ctx, body, head, optimizer = run.args, run.ctx, run.body, run.head, run.optimizer
-    inner = dict(step_size=args.inner_lr, steps=args.inner_steps, first_order=args.first_order)
+    inner = dict(step_size=args.inner_lr, steps=args.inner_steps, first_order=args.first_order,
+                 batch_norm=args.batch_norm)
     bar = Progress(args.iterations, "train", done=state.iteration)
     state.start_clock()
     try:
@@ -291,10 +292,12 @@ def choose_speed(body, args):
     """The fast path's options (None for --strategy reference) and the body's feature function
     Z = f_θ(X) that training and evaluation share (channels-last and compiled when asked)."""
     if args.strategy == "reference":  # the readable path; evaluation: plain NCHW float32 body
-        return None, fast.feature_extractor(body, fast.Speed(head_loop=args.head_loop))
+        return None, fast.feature_extractor(body, fast.Speed(head_loop=args.head_loop),
+                                            batch_norm=args.batch_norm)
     speed = fast.Speed(args.strategy, args.chunk_size, args.batch_body, args.precision,
                        args.channels_last, args.head_loop, compile_head=args.compile)
-    return speed, fast.feature_extractor(body, speed, compile=args.compile)
+    return speed, fast.feature_extractor(body, speed, compile=args.compile,
+                                         batch_norm=args.batch_norm)
 
 
 def make_tester(body, head, args, ctx, features_fn, stop):
@@ -308,7 +311,8 @@ def make_tester(body, head, args, ctx, features_fn, stop):
             bar.update(done)
 
         body.eval(), head.eval()
-        options = dict(features_fn=features_fn, head_loop=args.head_loop, progress=progress)
+        options = dict(features_fn=features_fn, head_loop=args.head_loop, progress=progress,
+                       batch_norm=args.batch_norm)
         try:
             if ctx.distributed:  # each process scores every P-th task; accuracies gathered in order
                 return distributed.evaluate_sharded(ctx, body, head, sampler, num_tasks,

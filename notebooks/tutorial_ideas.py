@@ -109,14 +109,14 @@ MAML's, `anil.paper.maml.adapt`:
 ```python
 def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor,
           labels: torch.Tensor, step_size: float, steps: int, first_order: bool = False,
-          adapted: list[str] | None = None) -> Params:
+          adapted: list[str] | None = None, batch_norm: str = "task") -> Params:
     ...
     fixed = {k: v for k, v in params.items() if k not in names}
     support_labels, _ = support_query(labels)
 
     def support_loss(fast):
-        support_logits, _ = support_query(network_forward(body, head, {**fixed, **fast}, images))
-        return F.cross_entropy(support_logits, support_labels)
+        logits = support_logits(body, head, {**fixed, **fast}, images, batch_norm)
+        return F.cross_entropy(logits, support_labels)
 
     grad_fn = grad(support_loss)
     fast = {k: params[k] for k in names}
@@ -133,8 +133,9 @@ What differs:
 1. **The input.** ANIL takes `features`, the support features Z_S that the body computed once
    before the loop; MAML takes `images`.
 2. **The loss inside the loop.** ANIL's `head_loss` runs the head alone; MAML's `support_loss`
-   calls `network_forward(body, head, {**fixed, **fast}, images)`: the whole network, at every
-   step (and batch norm sees the whole task each time, so it runs on support and query images).
+   calls `support_logits`, i.e. `network_forward(body, head, {**fixed, **fast}, images)`: the
+   whole network, at every step (under the default `batch_norm="task"` batch norm sees the whole
+   task each time, so it runs on support and query images).
 3. **What moves.** ANIL's `params` are the head's W and b, N(D + 1) numbers (325 for a 5-way
    head on 64 features); MAML's `fast` holds every layer (`adapted` names them; all by default).
 

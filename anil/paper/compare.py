@@ -98,7 +98,8 @@ def train(name, step_fn, init, make_sampler, args, device):
         images, labels = sampler.batch(args.meta_batch)
         images, labels = images.to(device), labels.to(device)
         start = time.perf_counter()
-        loss, acc = step_fn(body, head, optimizer, images, labels, args.inner_lr, args.inner_steps)
+        loss, acc = step_fn(body, head, optimizer, images, labels, args.inner_lr, args.inner_steps,
+                            batch_norm=args.batch_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()
         step_seconds.append(time.perf_counter() - start)
@@ -171,7 +172,8 @@ def compare(args, device, folder):
     order = "first" if args.first_order else "second"
     print(f"ANIL vs MAML on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
           f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
-          f"at test), {order} order, Adam β={args.outer_lr}, {args.iterations} iterations each, "
+          f"at test), {order} order, batch norm {args.batch_norm}, Adam β={args.outer_lr}, "
+          f"{args.iterations} iterations each, "
           f"{args.hidden} filters, seed{'s' if len(seeds) > 1 else ''} "
           f"{', '.join(map(str, seeds))}, {args.eval_tasks} test tasks, device {device}, "
           f"ANIL head loop {args.head_loop}", flush=True)
@@ -269,18 +271,19 @@ def write_outputs(args, folder, models, summary):
 
 def test_all(models, step_times, test, args, device, anil_speed) -> dict:
     """Test ANIL, MAML and NIL on the same tasks, one task at a time; one row per method."""
-    alpha, steps, n = args.inner_lr, args.test_inner_steps, args.eval_tasks
+    alpha, steps, n, bn = args.inner_lr, args.test_inner_steps, args.eval_tasks, args.batch_norm
     anil_test = lambda b, h: evaluate(b, h, test, n, alpha, steps, device,
-                                      fast.feature_extractor(b, anil_speed), args.head_loop,
-                                      tasks_per_call=1)
+                                      fast.feature_extractor(b, anil_speed, batch_norm=bn),
+                                      args.head_loop, tasks_per_call=1, batch_norm=bn)
     tests = {
         "ANIL": ("ANIL", anil_test),
         "ANIL (1st order)": ("ANIL (1st order)", anil_test),
-        "MAML": ("MAML", lambda b, h: maml.evaluate(b, h, test, n, alpha, steps, device)),
-        "NIL (ANIL body)": ("ANIL", lambda b, h: nil.evaluate(b, test, n, device)),
-        "NIL (MAML body)": ("MAML", lambda b, h: nil.evaluate(b, test, n, device)),
+        "MAML": ("MAML", lambda b, h: maml.evaluate(b, h, test, n, alpha, steps, device,
+                                                    batch_norm=bn)),
+        "NIL (ANIL body)": ("ANIL", lambda b, h: nil.evaluate(b, test, n, device, bn)),
+        "NIL (MAML body)": ("MAML", lambda b, h: nil.evaluate(b, test, n, device, bn)),
         # The untrained body: what meta-training adds to the features.
-        "NIL (untrained)": ("untrained", lambda b, h: nil.evaluate(b, test, n, device)),
+        "NIL (untrained)": ("untrained", lambda b, h: nil.evaluate(b, test, n, device, bn)),
     }
     rows = {}
     for method, (trained, fn) in tests.items():

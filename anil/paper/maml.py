@@ -18,10 +18,14 @@ Second order by default: the inner gradients from ``torch.func.grad`` are differ
 tensors, so the outer ``backward()`` flows through every step (Hessian–vector products of the
 support loss). ``first_order=True`` detaches each inner gradient (first-order MAML).
 
-Batch norm: the whole network runs on the task's support and query images together at every
-step, and the loss takes the support positions only, so batch statistics are those of the whole
-task, exactly as in ``anil.algorithm`` (which runs the body once on support + query). The body
-runs m + 1 times per task (m inner steps, one query pass), which is MAML's extra cost.
+Batch norm (``batch_norm``, as in ``anil.algorithm``; ``anil.model.task_features``): under
+"task" the whole network runs on the task's support and query images together at every step,
+and the loss takes the support positions only, so batch statistics are those of the whole task,
+exactly as in ``anil.algorithm`` (which runs the body once on support + query). Under
+"separate" and "support" the inner steps run the network on the support images alone (their
+own statistics); the query pass runs on the query images alone ("separate": the MAML reference
+code's two forward calls) or on support and query with the support's statistics ("support").
+The body runs m + 1 times per task (m inner steps, one query pass), which is MAML's extra cost.
 
 Where this differs from the MAML reference code (cbfinn/maml; docs/paper.md lists every
 difference): the reference runs support and query through the network in separate calls
@@ -47,6 +51,7 @@ from torch.func import functional_call, grad
 
 from anil.algorithm import outer_step
 from anil.evaluation import mean_ci95
+from anil.model import check_batch_norm
 from anil.sampler import support_query
 
 Params = dict[str, torch.Tensor]
@@ -66,6 +71,29 @@ def network_forward(body: nn.Module, head: nn.Module, params: Params, images: to
     """logits = W f_θ(x) + b with (θ, w) taken from ``params``; one call holds one task (BN)."""
     features = functional_call(body, _sub(params, "body."), (images,))
     return functional_call(head, _sub(params, "head."), (features,))
+
+
+def support_logits(body, head, params: Params, images: torch.Tensor, batch_norm: str = "task"):
+    """Logits of a task's support set (even positions of ``images``), batch norm as asked:
+    "task" runs the network on the whole task; otherwise the support set gives its own
+    statistics, so the network runs on it alone."""
+    if batch_norm == "task":
+        return support_query(network_forward(body, head, params, images))[0]
+    return network_forward(body, head, params, support_query(images)[0])
+
+
+def query_logits(body, head, params: Params, images: torch.Tensor, batch_norm: str = "task"):
+    """Logits of a task's query set (odd positions), batch norm over the whole task ("task"),
+    the query alone ("separate") or the support set ("support": the body on support then
+    query, ``statistics_of`` the support; ``anil.model.ConvBody``)."""
+    support, query = support_query(images)
+    if batch_norm == "task":
+        return support_query(network_forward(body, head, params, images))[1]
+    if batch_norm == "separate":
+        return network_forward(body, head, params, query)
+    features = functional_call(body, _sub(params, "body."), (torch.cat([support, query]),),
+                               {"statistics_of": len(support)})
+    return functional_call(head, _sub(params, "head."), (features[len(support):],))
 
 
 def layer_names(body: nn.Module) -> list[str]:
@@ -88,12 +116,13 @@ def layer_params(body: nn.Module, head: nn.Module, layers) -> list[str]:
 
 def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor,
           labels: torch.Tensor, step_size: float, steps: int, first_order: bool = False,
-          adapted: list[str] | None = None) -> Params:
+          adapted: list[str] | None = None, batch_norm: str = "task") -> Params:
     """m steps of φ_A ← φ_A − α ∇_φ_A L(S; φ_F, φ_A) on the support set (even positions).
 
     ``adapted`` names the parameters in φ_A (default: all of them, i.e. MAML). Returns the full
-    parameter dict with the adapted entries replaced. The network runs on all of ``images``
-    (support and query: batch-norm statistics of the whole task); the loss uses the support only.
+    parameter dict with the adapted entries replaced. Under ``batch_norm="task"`` the network
+    runs on all of ``images`` (batch-norm statistics of the whole task), otherwise on the support
+    set alone; the loss uses the support only.
     """
     names = list(params) if adapted is None else list(adapted)
     missing = [k for k in names if k not in params]
@@ -103,8 +132,8 @@ def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor
     support_labels, _ = support_query(labels)
 
     def support_loss(fast):
-        support_logits, _ = support_query(network_forward(body, head, {**fixed, **fast}, images))
-        return F.cross_entropy(support_logits, support_labels)
+        logits = support_logits(body, head, {**fixed, **fast}, images, batch_norm)
+        return F.cross_entropy(logits, support_labels)
 
     grad_fn = grad(support_loss)
     fast = {k: params[k] for k in names}
@@ -117,49 +146,53 @@ def adapt(body: nn.Module, head: nn.Module, params: Params, images: torch.Tensor
 
 
 def task_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
-              adapted: list[str] | None = None):
+              adapted: list[str] | None = None, batch_norm: str = "task"):
     """L(Q_i; φ_F, φ_A,i^(m)) for one task, and the query accuracy of the adapted network."""
+    check_batch_norm(body, batch_norm)
     params = adapt(body, head, network_params(body, head), images, labels, step_size, steps,
-                   first_order, adapted)
-    _, logits = support_query(network_forward(body, head, params, images))
+                   first_order, adapted, batch_norm)
+    logits = query_logits(body, head, params, images, batch_norm)
     _, query_labels = support_query(labels)
     accuracy = (logits.argmax(1) == query_labels).to(logits.dtype).mean()
     return F.cross_entropy(logits, query_labels), accuracy
 
 
 def meta_loss(body, head, images, labels, step_size: float, steps: int, first_order: bool = False,
-              adapted: list[str] | None = None):
+              adapted: list[str] | None = None, batch_norm: str = "task"):
     """(1/B) Σ_i L(Q_i; φ_F, φ_A,i^(m)) over images [B, 2NK, C, H, W], labels [B, 2NK]."""
-    losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order, adapted)
+    losses, accuracies = zip(*(task_loss(body, head, x, y, step_size, steps, first_order, adapted,
+                                         batch_norm)
                                for x, y in zip(images, labels)))
     return torch.stack(losses).mean(), torch.stack(accuracies).mean()
 
 
 def meta_train_step(body, head, optimizer, images, labels, step_size, steps, first_order=False,
-                    adapted=None, average=None):
+                    adapted=None, average=None, batch_norm="task"):
     """One outer step of MAML (or of any inner-loop subset ``adapted``) on a meta-batch; the
     same optimizer step as ANIL's (``anil.algorithm.outer_step``, ``average`` for torchrun)."""
     optimizer.zero_grad(set_to_none=True)
-    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order, adapted)
+    loss, accuracy = meta_loss(body, head, images, labels, step_size, steps, first_order, adapted,
+                               batch_norm)
     loss.backward()
     return outer_step(optimizer, loss.detach(), accuracy, average)
 
 
 def task_accuracy(body, head, images, labels, step_size: float, steps: int,
-                  adapted: list[str] | None = None) -> float:
+                  adapted: list[str] | None = None, batch_norm: str = "task") -> float:
     """Query accuracy after m inner steps on the support set, adapting ``adapted`` (default all).
     No outer graph is kept (``torch.func.grad`` still differentiates the inner loop)."""
     with torch.no_grad():
-        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)[1].item()
+        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,
+                         batch_norm=batch_norm)[1].item()
 
 
 def evaluate(body, head, sampler, num_tasks: int, step_size: float, steps: int, device="cpu",
-             adapted: list[str] | None = None):
+             adapted: list[str] | None = None, batch_norm: str = "task"):
     """Accuracy on tasks 0..num_tasks-1 of ``sampler``: (mean, ci95, per-task accuracies)."""
     accuracies = []
     for task_id in range(num_tasks):
         task = sampler.task(task_id)
         accuracies.append(task_accuracy(body, head, task.images.to(device), task.labels.to(device),
-                                        step_size, steps, adapted))
+                                        step_size, steps, adapted, batch_norm))
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies

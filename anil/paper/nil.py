@@ -13,8 +13,8 @@ The paper says the support labels are weighted by cosine similarity; the softmax
 paper states (docs/paper.md lists it among the differences). With one shot per
 class the prediction is the support image of highest cosine similarity; with K shots each class
 scores Σ_j exp c over its K supports. No parameter is adapted, so NIL works on the body of any
-trained model (ANIL, MAML) or an untrained one. The body runs once on the whole task (support and
-query), so batch norm sees the same statistics as in ANIL.
+trained model (ANIL, MAML) or an untrained one. The body runs as in ANIL, with the same
+``batch_norm`` choice (``anil.model.task_features``; default "task": once on the whole task).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from anil.evaluation import mean_ci95
+from anil.model import interleaved_task_features
 from anil.sampler import support_query
 
 
@@ -34,19 +35,19 @@ def nil_probabilities(support_features: torch.Tensor, support_labels: torch.Tens
     return attention @ F.one_hot(support_labels, ways).to(attention.dtype)
 
 
-def task_accuracy(body, images: torch.Tensor, labels: torch.Tensor) -> float:
+def task_accuracy(body, images: torch.Tensor, labels: torch.Tensor, batch_norm: str = "task") -> float:
     """NIL's query accuracy on one task (support at even positions, query at odd)."""
     with torch.no_grad():
         (support_features, query_features), (support_labels, query_labels) = (
-            support_query(body(images)), support_query(labels))
+            support_query(interleaved_task_features(body, images, batch_norm)), support_query(labels))
         ways = int(labels.max()) + 1
         probs = nil_probabilities(support_features, support_labels, query_features, ways)
     return (probs.argmax(1) == query_labels).float().mean().item()
 
 
-def evaluate(body, sampler, num_tasks: int, device="cpu"):
+def evaluate(body, sampler, num_tasks: int, device="cpu", batch_norm: str = "task"):
     """NIL accuracy on tasks 0..num_tasks-1 of ``sampler``: (mean, ci95, per-task accuracies)."""
-    accuracies = [task_accuracy(body, t.images.to(device), t.labels.to(device))
+    accuracies = [task_accuracy(body, t.images.to(device), t.labels.to(device), batch_norm)
                   for t in map(sampler.task, range(num_tasks))]
     mean, ci = mean_ci95(accuracies)
     return mean, ci, accuracies

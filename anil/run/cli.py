@@ -17,6 +17,7 @@ import torch
 from anil.argtypes import (MAX_INNER_STEPS, SEED_LIMIT, inner_steps, non_negative_int,  # noqa: F401
                            positive_float, positive_int, seed, threads)
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
+from anil.model import BATCH_NORMS
 from anil.run.presets import OWN_DATA, PRESETS, preset
 
 # ------------------------------------------------------------------------------- help output
@@ -117,6 +118,11 @@ def add_task_options(p: argparse.ArgumentParser, iterations_type=None, overrides
                    type=iterations_type or non_negative_int)
     algo.add_argument("--first-order", action="store_true",
                       help="first-order ANIL: inner gradients treated as constants")
+    algo.add_argument("--batch-norm", choices=BATCH_NORMS, default="task",
+                      help="batch-norm statistics over: the whole task (support and query "
+                           "together, learn2learn), 'separate' (support and query each their "
+                           "own, the MAML reference code) or 'support' (the support set's for "
+                           "both: no query depends on another; docs/design.md)")
     _preset_option(algo, "--hidden", "hidden", "conv filters per block", type=positive_int)
     for action in p._actions if overrides else ():  # the help shows the values that will run
         key = action.dest

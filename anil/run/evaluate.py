@@ -20,6 +20,7 @@ import torch
 from anil.data import DatasetError, load_split
 from anil.evaluation import episode_accuracy, evaluate
 from anil.fast import default_speed, feature_extractor
+from anil.model import BATCH_NORMS
 from anil.run.checkpoint import (WEIGHT_FILES, CheckpointError, image_shape, network_from,
                                  read_weights)
 from anil.run.cli import (HelpFormatter, add_device_options, dataset_name, dataset_path, fail,
@@ -57,6 +58,10 @@ def build_parser():
     task.add_argument("--inner-lr", type=positive_float, help="α, inner step size")
     task.add_argument("--eval-tasks", type=positive_int, help="number of tasks")
     task.add_argument("--seed", type=seed, help="task seed (the run's gives its test tasks)")
+    task.add_argument("--batch-norm", choices=BATCH_NORMS,
+                      help="batch-norm statistics over the whole task, support and query "
+                           "'separate'ly, or the 'support' set only (non-transductive); a run "
+                           "from before this option used 'task'")
     task.add_argument("--data-root", type=Path, help="folder of the named datasets")
     task.add_argument("--data", type=Path, metavar="DIR", help="a prepared dataset folder")
     add_device_options(p, speed=False)
@@ -87,9 +92,10 @@ def evaluate_run(args):
         fail(str(e))
     if args.run.is_dir() and args.weights == "best" and file.name != "best.pt":
         print(f"note: {args.run} has no best.pt (no validation ran); using {file.name}")
-    config = argparse.Namespace(**{"data": None, **saved["config"]})
+    # A run saved before --batch-norm existed normalised over the whole task.
+    config = argparse.Namespace(**{"data": None, "batch_norm": "task", **saved["config"]})
     for key in ("ways", "shots", "test_inner_steps", "inner_lr", "eval_tasks", "seed", "data_root",
-                "data"):
+                "data", "batch_norm"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     config.data_root = Path(config.data_root)
@@ -120,17 +126,19 @@ def evaluate_run(args):
 
     bar = Progress(config.eval_tasks, args.split)
     start = time.perf_counter()
-    features_fn = feature_extractor(body, default_speed(device, args.head_loop))
+    features_fn = feature_extractor(body, default_speed(device, args.head_loop),
+                                    batch_norm=config.batch_norm)
     mean, ci, _ = evaluate(body, head, sampler, config.eval_tasks, config.inner_lr,
                            config.test_inner_steps, device, features_fn, args.head_loop,
-                           progress=lambda done, total: bar.update(done))
+                           progress=lambda done, total: bar.update(done),
+                           batch_norm=config.batch_norm)
     bar.clear()
     which = f"iteration {saved['iteration']}" if "iteration" in saved else "saved weights"
     if "val_accuracy" in saved:
         which += f", best validation {100 * saved['val_accuracy']:.2f}%"
     print(f"{args.split} accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI over {config.eval_tasks} "
           f"tasks; {dataset_name(config)} {config.ways}-way {config.shots}-shot, {config.test_inner_steps} "
-          f"inner steps; {file.name}: {which}; {time.perf_counter() - start:.1f}s)", flush=True)
+          f"inner steps, batch norm {config.batch_norm}; {file.name}: {which}; {time.perf_counter() - start:.1f}s)", flush=True)
     return mean, ci
 
 
@@ -151,7 +159,7 @@ def evaluate_episodes(args, file, saved, config, device):
     body = body.to(device).eval()
     to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255).to(device)
     print(f"{len(episodes)} episodes in {args.episodes}; {config.test_inner_steps} inner steps of "
-          f"α={config.inner_lr}; {file.name}", flush=True)
+          f"α={config.inner_lr}, batch norm {config.batch_norm}; {file.name}", flush=True)
     errors = []
     for e in episodes:
         # A head of the episode's width: the run's own if it fits, else zero (see the docstring).
@@ -160,7 +168,7 @@ def evaluate_episodes(args, file, saved, config, device):
             body, episode_head.to(device).eval(), to_tensor(e.support_images),
             torch.from_numpy(e.support_labels).to(device), to_tensor(e.query_images),
             torch.from_numpy(e.query_labels).to(device), config.inner_lr,
-            config.test_inner_steps, args.head_loop)
+            config.test_inner_steps, args.head_loop, config.batch_norm)
         errors.append(100 * (1 - accuracy))
         print(f"{e.name:<12} {e.ways:3d}-way  {len(e.query_labels):3d} queries  error "
               f"{errors[-1]:6.2f}%", flush=True)

@@ -71,7 +71,8 @@ def print_setup(args, body, head, ctx, threads) -> None:
     order = "first" if args.first_order else "second"
     print(f"ANIL on {dataset_name(args)}: {args.ways}-way {args.shots}-shot, meta-batch "
           f"{args.meta_batch}, α={args.inner_lr} × {args.inner_steps} steps ({args.test_inner_steps} "
-          f"at test), {order} order, Adam β={args.outer_lr}, {args.iterations} iterations, "
+          f"at test), {order} order, batch norm {args.batch_norm}, Adam β={args.outer_lr}, "
+          f"{args.iterations} iterations, "
           f"{n_params:,} parameters, device {ctx.device}"
           + (f" × {ctx.world_size} processes" if ctx.distributed else f", {threads} thread{'s' if threads > 1 else ''}"),
           flush=True)

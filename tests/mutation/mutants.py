@@ -47,7 +47,8 @@ def mutant(name, file, original, replacement, description, tests, equivalent=Non
 # The mutants themselves, in three files: the modules around the core (sampler, model, data, the
 # paper's MAML/NIL/CKA, data preparation, checkpoints), the core (the algorithm, the fast path,
 # evaluation, distributed training) and the run machinery around train.py's loop.
-PARTS = ("mutants_modules.py", "mutants_core.py", "mutants_runs.py", "mutants_lake.py")
+PARTS = ("mutants_modules.py", "mutants_core.py", "mutants_runs.py", "mutants_lake.py",
+         "mutants_batch_norm.py")
 
 
 def _load_parts():

@@ -60,14 +60,15 @@ mutant("algorithm/accuracy-on-support-labels", F,
        "accuracy = (logits.argmax(-1) == support_labels)",
        "query predictions compared with the support labels", MATH)
 mutant("algorithm/body-per-half", F,
-       "    support_features, query_features = support_query(body(images))\n",
+       "    support_features, query_features = support_query(\n"
+       "        interleaved_task_features(body, images, batch_norm))\n",
        "    support_features, query_features = (body(support_query(images)[0]), "
        "body(support_query(images)[1]))\n",
        "the body runs separately on support and query: batch norm no longer sees the whole task",
        MATH)
 mutant("algorithm/swapped-support-query", F,
-       "    support_features, query_features = support_query(body(images))\n",
-       "    query_features, support_features = support_query(body(images))\n",
+       "    support_features, query_features = support_query(\n        interleaved",
+       "    query_features, support_features = support_query(\n        interleaved",
        "adapted on the query set, scored on the support set", MATH)
 mutant("algorithm/meta-loss-sum", F,
        "    return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -126,8 +127,8 @@ mutant("fast/bn-shift-sign", F,
        "(norm.bias.view(1, 1, -1, 1, 1) + mean * scale)",
        "batched body: the mean added instead of subtracted", FAST_GRAD)
 mutant("fast/batched-features-layout", F,
-       "return x.flatten(1).view(b, images.shape[1], -1)",
-       "return x.flatten(1).view(images.shape[1], b, -1).transpose(0, 1)",
+       "z = x.flatten(1).view(b, m, -1)",
+       "z = x.flatten(1).view(m, b, -1).transpose(0, 1)",
        "batched body: features regrouped as [images, tasks] (tasks mixed up)", FAST_GRAD)
 mutant("fast/task-body-over-the-group", F,
        "torch.stack([call(x) for x in images])",
@@ -250,12 +251,12 @@ mutant("evaluation/progress-lags", F,
        "progress(start, len(task_ids))",
        "progress reports the tasks done before the group, never reaching the total", FAST_EVAL)
 mutant("evaluation/episode-order", F,
-       "features = body(torch.cat([support_images, query_images]))",
-       "features = body(torch.cat([query_images, support_images]))",
+       "for z in task_features(body, support_images, query_images, batch_norm))",
+       "for z in task_features(body, query_images, support_images, batch_norm))",
        "episode_accuracy takes query features for support ones", FAST_EVAL)
 mutant("evaluation/episode-bn-per-half", F,
-       "features = body(torch.cat([support_images, query_images]))",
-       "features = torch.cat([body(support_images), body(query_images)])",
+       "for z in task_features(body, support_images, query_images, batch_norm))",
+       "for z in task_features(body, support_images, query_images, \"separate\"))",
        "episode_accuracy: batch norm over support and query separately", FAST_EVAL)
 
 # ---------------------------------------------------------------------- anil/run/distributed.py

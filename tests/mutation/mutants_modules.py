@@ -83,9 +83,9 @@ mutant("model/bn-momentum", F,
        "another batch-norm momentum", MODEL,
        equivalent="momentum only updates running statistics, and none are kept")
 mutant("model/relu-before-norm", F,
-       "self.pool(torch.relu(self.norm(self.conv(x))))",
-       "self.pool(self.norm(torch.relu(self.conv(x))))",
-       "ReLU before batch norm", MODEL)
+       "        x = self.conv(x)\n",
+       "        x = torch.relu(self.conv(x))\n",
+       "ReLU before batch norm (as well as after)", MODEL)
 mutant("model/bn-weight-ones", F,
        "        nn.init.uniform_(self.norm.weight)  # learn2learn: BN weight ~ U(0, 1)\n",
        "",
@@ -171,12 +171,12 @@ mutant("maml/ascent", F,
        "fast = {k: fast[k] + step_size * grads[k] for k in fast}",
        "inner loop steps up the gradient", MAML)
 mutant("maml/support-odd", F,
-       "support_logits, _ = support_query(network_forward(",
-       "_, support_logits = support_query(network_forward(",
+       "return support_query(network_forward(body, head, params, images))[0]",
+       "return support_query(network_forward(body, head, params, images))[1]",
        "inner loop adapts on the query positions", MAML)
 mutant("maml/query-even", F,
-       "_, logits = support_query(network_forward(body, head, params, images))",
-       "logits, _ = support_query(network_forward(body, head, params, images))",
+       "return support_query(network_forward(body, head, params, images))[1]",
+       "return support_query(network_forward(body, head, params, images))[0]",
        "outer loss scored on the support positions", MAML)
 mutant("maml/meta-loss-sum", F,
        "return torch.stack(losses).mean(), torch.stack(accuracies).mean()",
@@ -187,8 +187,8 @@ mutant("maml/layer-index", F,
        'f"body.blocks.{int(layer[4:])}."',
        "conv<i> names block i instead of block i-1", MAML)
 mutant("maml/eval-keeps-graph", F,
-       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
-       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted)",
+       "    with torch.no_grad():\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,",
+       "    if True:\n        return task_loss(body, head, images, labels, step_size, steps, adapted=adapted,",
        "test-time adaptation builds the outer graph (no torch.no_grad)", MAML,
        equivalent="the same arithmetic with or without a graph, and only a float (.item()) leaves "
                   "the function: no graph reaches the caller (it costs memory, changes no value)")
