@@ -24,7 +24,7 @@ def test_tiny_run_writes_summary_and_weights(glyph_root, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test_accuracy"] <= 1 and summary["config"]["ways"] == 5
     assert [row["iteration"] for row in summary["history"]] == [0, 1, 2, 3]  # 0: untrained validation
-    assert "val_accuracy" in summary["history"][1] and "val_accuracy" in summary["history"][2]
+    assert [("val_accuracy" in row) for row in summary["history"]] == [True, False, True, True]
     weights = torch.load(out / "model.pt", weights_only=True)
     assert set(weights) >= {"body", "head", "config"}
     assert weights["head"]["weight"].shape == (5, 64)
