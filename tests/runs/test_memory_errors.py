@@ -3,7 +3,7 @@ preparation refuses, before reading a single image, a dataset that cannot fit in
 failures are raised by patches: a test must not exhaust the machine's memory.)"""
 
 import os
-import sys
+
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,7 @@ command in one line that names the path and says what to do, and leave nothing h
 
 import errno
 import os
-import sys
+
 from pathlib import Path
 
 import pytest
