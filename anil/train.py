@@ -45,7 +45,8 @@ from anil.run.config import check_meta_batch_fits, parse_args, run_config
 from anil.run.run_folder import RunFolder, RunFolderError
 from anil.run.metrics import curve_marks
 from anil.run.setup import join_processes, open_data, print_setup
-from anil.run.progress import Abandoned, GracefulStop, Progress, StopRequested, format_seconds
+from anil.run.progress import (Abandoned, GracefulStop, Progress, StopRequested, exit_diverged,
+                               exit_stopped, format_seconds)
 from anil.run.results import ResultsError, write_results
 from anil.run.state import NonFiniteLoss, TrainState
 from anil.sampler import TaskSampler
@@ -159,7 +160,7 @@ def meta_train(run: Run, state: TrainState, stop: GracefulStop) -> None:
                         f"--resume {args.out}")
     except NonFiniteLoss as e:
         bar.clear()
-        exit_diverged(run, e)
+        exit_diverged(e, run.folder.checkpoint_iteration, args.out)
     bar.clear()
     if args.iterations == 0:
         save_checkpoint(run, state)
@@ -383,20 +384,6 @@ def use_test_weights(run: Run, state: TrainState) -> dict:
                          f"{best['iteration']}"}
     return {"record": {"weights": "last", "iteration": state.iteration},
             "which": f"weights of the last iteration, {state.iteration}"}
-
-
-def exit_diverged(run: Run, e: NonFiniteLoss):
-    """A nan/inf loss: the weights are lost, but the last checkpoint (if any) is good."""
-    saved = run.folder.checkpoint_iteration
-    fail(f"{e}; the weights are no longer usable and were not saved. Lower --outer-lr or "
-         f"--inner-lr and start again" + (
-             f", or continue from the last good checkpoint (iteration {saved}) with  python train.py "
-             f"--resume {run.args.out} --outer-lr SMALLER --allow-config-change" if saved else ""))
-
-
-def exit_stopped(e: StopRequested, what: str):
-    print(f"stopped by {signal.Signals(e.signum).name} {what}", file=sys.stderr)
-    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

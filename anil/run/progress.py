@@ -105,3 +105,19 @@ class GracefulStop:
     def check(self) -> None:
         if self.signum is not None:
             raise StopRequested(self.signum)
+
+
+def exit_stopped(e: StopRequested, what: str):
+    """End the process for a stop request: one line on stderr, exit status 128 + signal."""
+    print(f"stopped by {signal.Signals(e.signum).name} {what}", file=sys.stderr)
+    sys.exit(128 + e.signum)
+
+
+def exit_diverged(e: Exception, saved_iteration, out):
+    """A nan/inf loss: the weights are lost, but the last checkpoint (if any) is good."""
+    print(f"error: {e}; the weights are no longer usable and were not saved. Lower --outer-lr or "
+          f"--inner-lr and start again" + (
+              f", or continue from the last good checkpoint (iteration {saved_iteration}) with  "
+              f"python train.py --resume {out} --outer-lr SMALLER --allow-config-change"
+              if saved_iteration else ""), file=sys.stderr)
+    sys.exit(2)

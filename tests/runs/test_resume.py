@@ -257,8 +257,7 @@ def scripted_validation(monkeypatch, accuracies):
 
 SHORT = ["--meta-batch", "2", "--hidden", "8", "--eval-tasks", "4", "--val-tasks", "4",
          "--val-every", "2", "--log-every", "1"]
-# anil.train calls anil.evaluation.evaluate as train.evaluate, and step 3 of its loop is
-# anil.fast.meta_gradient, so the tests below can replace either.
+# The tests below replace train.evaluate or fast.meta_gradient (step 3 of train.py's loop).
 PATCHABLE = SHORT
 
 
