@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 # CIFAR-100's 100 fine label names (alphabetical, index = fine label), its 20 superclasses, and
-# each fine class's superclass (as the CIFAR-100 archive's meta file and torchvision / TFDS / torchmeta list them).
+# each fine class's superclass, as the archive's meta file and torchvision / TFDS / torchmeta
+# list them.
 FINE = ("apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
         "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
         "crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo "
