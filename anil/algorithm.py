@@ -148,12 +148,22 @@ def outer_step(optimizer, loss, accuracy, average=None):
     averaged in the same call.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    stats = torch.tensor([float(loss), float(accuracy)], device=params[0].device)
+    loss, accuracy = average_gradients(params, loss, accuracy, average)
+    optimizer.step()
+    return loss, accuracy
+
+
+def average_gradients(params, loss, accuracy, average=None) -> tuple[float, float]:
+    """∇_(θ,w) ← (1/P) Σ_r ∇_(θ,w)^(r) through ``average`` (a function that averages a list of
+    tensors across processes in place; None: nothing to average), with the loss and accuracy in
+    the same call. Returns (loss, accuracy) as floats."""
+    params = list(params)
+    stats = torch.tensor([float(torch.as_tensor(loss).detach()), float(accuracy)],
+                         device=params[0].device)  # (the readable path's loss is a graph node)
     if average is not None:
         for p in params:  # every process must send the same tensors, even for an unused parameter
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         average([*(p.grad for p in params), stats])
-    optimizer.step()
     loss, accuracy = stats.tolist()
     return loss, accuracy

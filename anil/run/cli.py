@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from anil.argtypes import (MAX_INNER_STEPS, SEED_LIMIT, inner_steps, non_negative_int,  # noqa: F401
+from anil.argtypes import (MAX_INNER_STEPS, inner_steps, non_negative_int,  # noqa: F401
                            positive_float, positive_int, seed, threads)
 from anil.fast import HEAD_LOOPS, PRECISIONS, STRATEGIES
 from anil.model import BATCH_NORMS

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from anil import algorithm
 from anil.evaluation import accuracies_of, mean_ci95
 
 
@@ -215,16 +216,8 @@ def average_gradients(ctx: Context, params, loss, accuracy) -> tuple[float, floa
     the whole meta-batch's mean loss (docs/design.md, "Data-parallel training"), so every
     process then takes the same step. The reported loss and accuracy are averaged in the same
     all-reduce. Alone, nothing is averaged: returns (loss, accuracy) as floats."""
-    params = list(params)
-    stats = torch.tensor([float(torch.as_tensor(loss).detach()), float(accuracy)],
-                         device=params[0].device)  # (the readable path's loss is a graph node)
-    if ctx.distributed:
-        for p in params:  # every process must send the same tensors, even for an unused parameter
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        average_(ctx, [*(p.grad for p in params), stats])
-    loss, accuracy = stats.tolist()
-    return loss, accuracy
+    average = ctx.average if ctx.distributed else None
+    return algorithm.average_gradients(params, loss, accuracy, average)
 
 
 def gather_task_values(ctx: Context, mine, num_tasks: int) -> list[float]:
